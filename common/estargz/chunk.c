@@ -1,0 +1,151 @@
+/* Chunk decoding. In eStargz every chunk starts a gzip member of its own
+ * (the writer closes the member before each chunk), so decoding starts at
+ * the first byte of the range and stops as soon as the chunk's bytes are
+ * out; the tar padding and headers that follow in the member are never
+ * inflated. zstd:chunked is the same with frames, plus an inner offset. */
+#include "common/estargz/chunk.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zlib.h>
+#include <zstd.h>
+#include <zstd_errors.h>
+
+#include "common/util/digest.h"
+#include "common/util/macro.h"
+
+struct ChunkDecoder {
+        z_stream z;
+        bool z_init;
+        ZSTD_DCtx *zctx;   /* owned */
+        uint8_t *scratch;  /* owned: discarded bytes (inner offsets) */
+};
+
+#define SCRATCH (64u << 10)
+
+int chunk_decoder_new(ChunkDecoder **ret) {
+        ChunkDecoder *d = calloc(1, sizeof(*d));
+        if (!d)
+                return -ENOMEM;
+        if (inflateInit2(&d->z, 16 + MAX_WBITS) != Z_OK) {
+                free(d);
+                return -ENOMEM;
+        }
+        d->z_init = true;
+        d->zctx = ZSTD_createDCtx();
+        d->scratch = malloc(SCRATCH);
+        if (!d->zctx || !d->scratch) {
+                chunk_decoder_free(d);
+                return -ENOMEM;
+        }
+        *ret = d;
+        return 0;
+}
+
+ChunkDecoder *chunk_decoder_free(ChunkDecoder *d) {
+        if (!d)
+                return NULL;
+        if (d->z_init)
+                inflateEnd(&d->z);
+        ZSTD_freeDCtx(d->zctx);
+        free(d->scratch);
+        free(d);
+        return NULL;
+}
+
+/* Inflates until `want` bytes went to out (after discarding `skip`),
+ * crossing member boundaries if the chunk continues in the next member. */
+static int inflate_range(ChunkDecoder *d, const uint8_t *in, size_t in_len, uint64_t skip, uint8_t *out, uint64_t want) {
+        inflateReset2(&d->z, 16 + MAX_WBITS);
+        d->z.next_in = (Bytef *) in;
+        d->z.avail_in = (uInt) MIN(in_len, (size_t) UINT32_MAX);
+        size_t in_left = in_len - d->z.avail_in;
+        uint64_t done = 0;
+        while (done < want) {
+                bool skipping = skip > 0;
+                uint8_t *dst = skipping ? d->scratch : out + done;
+                uint64_t room = skipping ? MIN(skip, (uint64_t) SCRATCH) : want - done;
+                d->z.next_out = dst;
+                d->z.avail_out = (uInt) MIN(room, (uint64_t) UINT32_MAX);
+                uInt before = d->z.avail_out;
+                if (d->z.avail_in == 0 && in_left > 0) {
+                        d->z.avail_in = (uInt) MIN(in_left, (size_t) UINT32_MAX);
+                        in_left -= d->z.avail_in;
+                }
+                int zr = inflate(&d->z, Z_NO_FLUSH);
+                uint64_t n = before - d->z.avail_out;
+                if (skipping)
+                        skip -= n;
+                else
+                        done += n;
+                if (zr == Z_STREAM_END) {
+                        if (done == want)
+                                break;
+                        if (d->z.avail_in == 0 && in_left == 0)
+                                return -EBADMSG; /* member ended before the chunk did */
+                        inflateReset2(&d->z, 16 + MAX_WBITS);
+                        continue;
+                }
+                if (zr == Z_BUF_ERROR && n == 0)
+                        return -EBADMSG; /* input ran out */
+                if (zr != Z_OK && zr != Z_BUF_ERROR)
+                        return zr == Z_MEM_ERROR ? -ENOMEM : -EBADMSG;
+        }
+        return 0;
+}
+
+static int zstd_range(ChunkDecoder *d, const uint8_t *in, size_t in_len, uint64_t skip, uint8_t *out, uint64_t want) {
+        ZSTD_DCtx_reset(d->zctx, ZSTD_reset_session_only);
+        ZSTD_inBuffer ib = { in, in_len, 0 };
+        uint64_t done = 0;
+        while (done < want) {
+                bool skipping = skip > 0;
+                ZSTD_outBuffer ob = {
+                        skipping ? d->scratch : out + done,
+                        skipping ? (size_t) MIN(skip, (uint64_t) SCRATCH) : (size_t) (want - done),
+                        0,
+                };
+                size_t zr = ZSTD_decompressStream(d->zctx, &ob, &ib);
+                if (ZSTD_isError(zr))
+                        return ZSTD_getErrorCode(zr) == ZSTD_error_memory_allocation ? -ENOMEM : -EBADMSG;
+                if (skipping)
+                        skip -= ob.pos;
+                else
+                        done += ob.pos;
+                if (ob.pos == 0 && ib.pos == ib.size)
+                        return -EBADMSG; /* input ran out */
+        }
+        return 0;
+}
+
+int chunk_decode(ChunkDecoder *d, LayerFormat format, const Index *idx, const IndexChunk *c,
+                 const uint8_t *comp, size_t comp_len, uint8_t *out, bool verify, ErrMsg *err) {
+        if (comp_len > c->blob_end - c->blob_offset)
+                return errmsg_set(err, -EINVAL, "chunk at %" PRIu64 ": %zu compressed bytes given for a %" PRIu64 "-byte range",
+                                  c->blob_offset, comp_len, c->blob_end - c->blob_offset);
+        if (verify && c->digest == INDEX_NONE)
+                return errmsg_set(err, -EBADMSG, "chunk at %" PRIu64 " has no digest in the TOC; cannot verify it", c->blob_offset);
+        if (c->size == 0)
+                return 0;
+        int r = layer_format_is_gzip(format) ? inflate_range(d, comp, comp_len, c->inner_offset, out, c->size)
+                                             : zstd_range(d, comp, comp_len, c->inner_offset, out, c->size);
+        if (r == -EBADMSG)
+                return errmsg_set(err, r, "chunk at blob offset %" PRIu64 ": corrupt or truncated %s data",
+                                  c->blob_offset, layer_format_is_gzip(format) ? "gzip" : "zstd");
+        if (r < 0)
+                return errmsg_set(err, r, "chunk at blob offset %" PRIu64 ": out of memory", c->blob_offset);
+        if (verify) {
+                uint8_t got[SHA256_LEN];
+                sha256_buf(out, (size_t) c->size, got);
+                if (memcmp(got, idx->digests[c->digest], SHA256_LEN) != 0) {
+                        char want_s[DIGEST_STRING_LEN + 1], got_s[DIGEST_STRING_LEN + 1];
+                        digest_format(idx->digests[c->digest], want_s);
+                        digest_format(got, got_s);
+                        return errmsg_set(err, -EBADMSG, "chunk at blob offset %" PRIu64 ": digest mismatch: TOC says %s, data is %s",
+                                          c->blob_offset, want_s, got_s);
+                }
+        }
+        return 0;
+}
