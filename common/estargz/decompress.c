@@ -49,6 +49,8 @@ const char *compression_to_string(Compression c) {
 ssize_t mem_reader_read(void *userdata, void *buf, size_t len) {
         MemReader *m = userdata;
         size_t n = MIN(len, m->len - m->pos);
+        if (n == 0)
+                return 0; /* an empty MemReader may have data == NULL */
         memcpy(buf, m->data + m->pos, n);
         m->pos += n;
         return (ssize_t) n;

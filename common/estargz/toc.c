@@ -596,7 +596,12 @@ static int yajl_fail(JsonStream *s, const unsigned char *buf, size_t len) {
         if (s->p.error)
                 return s->p.error;
         unsigned char *msg = yajl_get_error(s->h, 0, buf, len);
-        int r = errmsg_set(s->p.err, -EBADMSG, "TOC is not valid JSON: %s", msg ? (char *) msg : "parse error");
+        const char *text = msg ? (const char *) msg : "parse error";
+        /* yajl ends its message with a newline; ours is one line */
+        size_t n = strlen(text);
+        while (n > 0 && (text[n - 1] == '\n' || text[n - 1] == ' '))
+                n--;
+        int r = errmsg_set(s->p.err, -EBADMSG, "TOC is not valid JSON: %.*s", (int) n, text);
         if (msg)
                 yajl_free_error(s->h, msg);
         return r;

@@ -408,11 +408,43 @@ out:
 
 /* ---- TOC JSON ---- */
 
-#define GEN_KEY(g, k) yajl_gen_string((g), (const unsigned char *) (k), strlen(k))
+/* Writes s as a JSON string. yajl refuses a string that is not UTF-8 and
+ * emits nothing, which would pair the next key with this key's value (a
+ * TOC entry whose fields slide); Go's encoding/json, which the reference
+ * writer uses, replaces each bad byte with U+FFFD, and so do we. Names and
+ * link targets are refused earlier; this covers user and group names and
+ * xattr names. */
+static void gen_string(yajl_gen g, const char *s) {
+        size_t len = strlen(s);
+        if (yajl_gen_string(g, (const unsigned char *) s, len) != yajl_gen_invalid_string)
+                return;
+        _cleanup_free_ char *fixed = malloc(len * 3 + 1);
+        size_t o = 0;
+        for (size_t i = 0; fixed && i < len;) {
+                uint8_t c = (uint8_t) s[i];
+                int n = c < 0x80 ? 0 : (c >> 5) == 6 ? 1 : (c >> 4) == 14 ? 2 : (c >> 3) == 30 ? 3 : -1;
+                bool valid = n >= 0;
+                for (int j = 1; valid && j <= n; j++)
+                        valid = i + (size_t) j < len && ((uint8_t) s[i + j] & 0xc0) == 0x80;
+                if (valid) {
+                        memcpy(fixed + o, s + i, (size_t) n + 1);
+                        o += (size_t) n + 1;
+                        i += (size_t) n + 1;
+                } else {
+                        memcpy(fixed + o, "\xef\xbf\xbd", 3);
+                        o += 3;
+                        i++;
+                }
+        }
+        /* out of memory: an empty string still keeps the JSON well formed */
+        yajl_gen_string(g, (const unsigned char *) (fixed ? fixed : ""), fixed ? o : 0);
+}
+
+#define GEN_KEY(g, k) gen_string((g), (k))
 
 static void gen_str(yajl_gen g, const char *k, const char *v) {
         GEN_KEY(g, k);
-        yajl_gen_string(g, (const unsigned char *) v, strlen(v));
+        gen_string(g, v);
 }
 
 static void gen_int(yajl_gen g, const char *k, long long v) {
