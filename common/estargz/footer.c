@@ -157,8 +157,10 @@ int footer_parse(const uint8_t *tail, size_t tail_len, uint64_t blob_size, Foote
                         uint64_t end;
                         if (type != 1)
                                 return errmsg_set(err, -EOPNOTSUPP, "zstd:chunked footer: manifest type %" PRIu64 " is not supported (only 1, the stargz TOC)", type);
-                        if (toc_len == 0 || add_overflow_u64(toc_off, toc_len, &end) ||
-                            end > blob_size - ZSTD_CHUNKED_FOOTER_SIZE)
+                        /* the footer's frame is 8 + 40 bytes; the TOC's frame
+                         * header (8 bytes) sits just before toc_off */
+                        if (toc_len == 0 || toc_off < 8 || add_overflow_u64(toc_off, toc_len, &end) ||
+                            blob_size < ZSTD_CHUNKED_FOOTER_SIZE + 8 || end > blob_size - ZSTD_CHUNKED_FOOTER_SIZE - 8)
                                 return errmsg_set(err, -EBADMSG, "zstd:chunked footer: TOC [%" PRIu64 ", +%" PRIu64 ") is outside the %" PRIu64 "-byte blob", toc_off, toc_len, blob_size);
                         *ret = (Footer) {
                                 .format = LAYER_FORMAT_ZSTD_CHUNKED,

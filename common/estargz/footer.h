@@ -20,7 +20,8 @@ typedef struct Footer {
  * bytes of a blob of blob_size bytes. Tries eStargz, then legacy stargz,
  * then zstd:chunked. Returns 0, or -EBADMSG with a message naming every
  * format's reason when none matches (not a stargz layer, truncated footer,
- * TOC offset past the end). *ret is untouched on failure. */
+ * TOC offset past the end), -EOPNOTSUPP for a zstd:chunked manifest type
+ * other than 1. *ret is untouched on failure. */
 int footer_parse(const uint8_t *tail, size_t tail_len, uint64_t blob_size, Footer *ret, ErrMsg *err);
 
 /* The 51-byte eStargz footer for a TOC at toc_offset, byte for byte what the

@@ -32,7 +32,7 @@ typedef struct Node {
         uint32_t parent;    /* node index */
         uint32_t entry;     /* TOC entry index, or INDEX_NONE when implicit */
         uint32_t target;    /* hardlinks: node index of the file; INDEX_NONE otherwise */
-        uint32_t first_child, next_sibling, n_children;
+        uint32_t kids, n_kids; /* children: b->kids[kids .. kids + n_kids) */
         uint32_t ino;       /* 0 until numbered */
         uint32_t first_chunk, n_chunks; /* into the chunk list built in pass 1 */
         uint8_t flags;
@@ -44,8 +44,9 @@ typedef struct Builder {
         ErrMsg *err;
         Node *nodes;
         size_t n_nodes, cap_nodes;
-        uint32_t *table;    /* open addressing over node indices, INDEX_NONE = empty */
+        uint64_t *table;    /* open addressing: hash << 32 | node index; TABLE_EMPTY = free */
         size_t table_mask;
+        uint32_t *kids;     /* children of every node, grouped by parent */
         IndexChunk *chunks;
         size_t n_chunks, cap_chunks;
 } Builder;
@@ -59,30 +60,50 @@ static uint64_t hash_path(const char *s, size_t len) {
         return h ^ (h >> 29);
 }
 
-static uint32_t *table_slot(Builder *b, const char *path, size_t len) {
-        size_t i = hash_path(path, len) & b->table_mask;
-        for (;;) {
-                uint32_t n = b->table[i];
-                if (n == INDEX_NONE)
+#define TABLE_EMPTY UINT64_MAX
+
+/* The slot holding path, or the free slot where it would go. The hash kept
+ * in the slot spares most probes a visit to the node and its path. */
+static uint64_t *table_find(Builder *b, const char *path, size_t len, uint32_t *ret_hash) {
+        uint64_t h = hash_path(path, len);
+        uint32_t h32 = (uint32_t) (h >> 32);
+        *ret_hash = h32;
+        for (size_t i = h & b->table_mask;; i = (i + 1) & b->table_mask) {
+                uint64_t e = b->table[i];
+                if (e == TABLE_EMPTY)
                         return &b->table[i];
-                Node *node = &b->nodes[n];
+                if ((uint32_t) (e >> 32) != h32)
+                        continue;
+                const Node *node = &b->nodes[(uint32_t) e];
                 if (node->path_len == len && memcmp(node->path, path, len) == 0)
                         return &b->table[i];
-                i = (i + 1) & b->table_mask;
         }
+}
+
+/* Node index of path, or INDEX_NONE. */
+static uint32_t table_get(Builder *b, const char *path, size_t len) {
+        uint32_t h;
+        uint64_t e = *table_find(b, path, len, &h);
+        return e == TABLE_EMPTY ? INDEX_NONE : (uint32_t) e;
+}
+
+static void table_put(Builder *b, uint32_t node) {
+        uint32_t h;
+        uint64_t *slot = table_find(b, b->nodes[node].path, b->nodes[node].path_len, &h);
+        *slot = (uint64_t) h << 32 | node;
 }
 
 static int table_grow(Builder *b) {
         size_t size = (b->table_mask + 1) * 2;
-        uint32_t *t = malloc(size * sizeof(uint32_t));
+        uint64_t *t = malloc(size * sizeof(uint64_t));
         if (!t)
                 return -ENOMEM;
-        memset(t, 0xff, size * sizeof(uint32_t));
+        memset(t, 0xff, size * sizeof(uint64_t));
         free(b->table);
         b->table = t;
         b->table_mask = size - 1;
         for (size_t i = 0; i < b->n_nodes; i++)
-                *table_slot(b, b->nodes[i].path, b->nodes[i].path_len) = (uint32_t) i;
+                table_put(b, (uint32_t) i);
         return 0;
 }
 
@@ -113,8 +134,6 @@ static int node_new(Builder *b, const char *path, uint32_t len, uint32_t parent,
                 .parent = parent,
                 .entry = entry,
                 .target = INDEX_NONE,
-                .first_child = INDEX_NONE,
-                .next_sibling = INDEX_NONE,
         };
         *ret = (uint32_t) b->n_nodes++;
         return 0;
@@ -172,13 +191,13 @@ static bool node_is_dir(const Builder *b, const Node *n) {
 
 /* Returns the node for a directory path, creating implicit ones. */
 static int ensure_dir(Builder *b, const char *path, uint32_t len, uint32_t ei, uint32_t *ret) {
-        uint32_t *slot = table_slot(b, path, len);
-        if (*slot != INDEX_NONE) {
-                Node *n = &b->nodes[*slot];
+        uint32_t found = table_get(b, path, len);
+        if (found != INDEX_NONE) {
+                Node *n = &b->nodes[found];
                 if (!node_is_dir(b, n))
                         return errmsg_set(b->err, -ENOTDIR, "TOC entry %" PRIu32 " '%.200s': parent '%.*s' is not a directory",
                                           ei, entry_name(b, ei), (int) MIN(len, 200u), path);
-                *ret = *slot;
+                *ret = found;
                 return 0;
         }
         uint32_t plen = len;
@@ -193,7 +212,7 @@ static int ensure_dir(Builder *b, const char *path, uint32_t len, uint32_t ei, u
         if (r < 0)
                 return r;
         b->nodes[id].flags |= NODE_IMPLICIT;
-        *table_slot(b, path, len) = id;
+        table_put(b, id);
         *ret = id;
         return 0;
 }
@@ -227,7 +246,7 @@ static int pass_names(Builder *b) {
         if (r < 0)
                 return r;
         b->nodes[root].flags |= NODE_IMPLICIT;
-        *table_slot(b, "", 0) = root;
+        table_put(b, root);
 
         uint32_t last_file = INDEX_NONE; /* node of the last reg entry, for chunk entries */
         uint64_t next_chunk = 0;         /* file offset the next chunk must start at */
@@ -279,9 +298,9 @@ static int pass_names(Builder *b) {
                         continue;
                 }
 
-                uint32_t *slot = table_slot(b, path, len);
-                if (*slot != INDEX_NONE) {
-                        Node *n = &b->nodes[*slot];
+                uint32_t found = table_get(b, path, len);
+                if (found != INDEX_NONE) {
+                        Node *n = &b->nodes[found];
                         if ((n->flags & NODE_IMPLICIT) && e->type == TOC_DIR) {
                                 /* a directory listed after its children */
                                 n->flags &= (uint8_t) ~NODE_IMPLICIT;
@@ -301,7 +320,7 @@ static int pass_names(Builder *b) {
                 r = node_new(b, path, len, parent, ei, &id);
                 if (r < 0)
                         return r;
-                *table_slot(b, path, len) = id;
+                table_put(b, id);
 
                 if (e->type == TOC_REG) {
                         Node *n = &b->nodes[id];
@@ -385,7 +404,7 @@ static int pass_links(Builder *b) {
                                 ls++, llen--;
                         while (llen >= 2 && ls[0] == '.' && ls[1] == '/')
                                 ls += 2, llen -= 2;
-                        uint32_t tgt = *table_slot(b, ls, llen);
+                        uint32_t tgt = table_get(b, ls, llen);
                         if (tgt == INDEX_NONE || b->nodes[tgt].entry == INDEX_NONE)
                                 return errmsg_set(b->err, -EBADMSG, "TOC entry %" PRIu32 " '%.200s': hardlink target '%.200s' does not exist",
                                                   n->entry, entry_name(b, n->entry), toc_str(t, e->link));
@@ -397,24 +416,35 @@ static int pass_links(Builder *b) {
                 n->target = cur;
         }
 
-        /* children lists, in reverse so that they come out in node order */
-        for (size_t i = b->n_nodes; i-- > 1;) {
-                Node *n = &b->nodes[i];
-                Node *p = &b->nodes[n->parent];
-                n->next_sibling = p->first_child;
-                p->first_child = (uint32_t) i;
-                p->n_children++;
+        /* children, grouped by parent in node order (a counting sort) */
+        b->kids = malloc((b->n_nodes + 1) * sizeof(uint32_t));
+        if (!b->kids)
+                return -ENOMEM;
+        for (size_t i = 1; i < b->n_nodes; i++)
+                b->nodes[b->nodes[i].parent].n_kids++;
+        uint32_t at = 0;
+        for (size_t i = 0; i < b->n_nodes; i++) {
+                b->nodes[i].kids = at;
+                at += b->nodes[i].n_kids;
+                b->nodes[i].n_kids = 0;
+        }
+        for (size_t i = 1; i < b->n_nodes; i++) {
+                Node *p = &b->nodes[b->nodes[i].parent];
+                b->kids[p->kids + p->n_kids++] = (uint32_t) i;
         }
 
         Node *root = &b->nodes[0];
+        char *path = NULL;
+        size_t path_cap = 0;
         for (size_t i = 0; i < b->n_nodes; i++) {
                 Node *d = &b->nodes[i];
-                if (!node_is_dir(b, d))
-                        continue;
-                for (uint32_t c = d->first_child; c != INDEX_NONE; c = b->nodes[c].next_sibling) {
+                for (uint32_t k = 0; k < d->n_kids; k++) {
+                        uint32_t c = b->kids[d->kids + k];
                         Node *n = &b->nodes[c];
                         const char *name = n->path + n->base;
                         size_t len = n->path_len - n->base;
+                        if (name[0] != '.')
+                                continue;
                         if (d == root && n->entry != INDEX_NONE && t->entries[n->entry].type == TOC_REG &&
                             (name_eq(n, ESTARGZ_PREFETCH_LANDMARK, strlen(ESTARGZ_PREFETCH_LANDMARK)) ||
                              name_eq(n, ESTARGZ_NO_PREFETCH_LANDMARK, strlen(ESTARGZ_NO_PREFETCH_LANDMARK)))) {
@@ -426,21 +456,28 @@ static int pass_links(Builder *b) {
                                 d->flags |= NODE_OPAQUE;
                                 continue;
                         }
-                        if (len > strlen(WHITEOUT_PREFIX) && memcmp(name, WHITEOUT_PREFIX, strlen(WHITEOUT_PREFIX)) == 0 &&
-                            !node_is_dir(b, n)) {
+                        size_t plen = strlen(WHITEOUT_PREFIX);
+                        if (len > plen && memcmp(name, WHITEOUT_PREFIX, plen) == 0 && !node_is_dir(b, n)) {
                                 /* hidden when the directory also has the real name */
-                                size_t plen = strlen(WHITEOUT_PREFIX);
-                                bool shadowed = false;
-                                for (uint32_t s = d->first_child; s != INDEX_NONE; s = b->nodes[s].next_sibling)
-                                        if (s != c && name_eq(&b->nodes[s], name + plen, len - plen)) {
-                                                shadowed = true;
-                                                break;
+                                size_t need = n->base + len - plen + 1;
+                                if (need > path_cap) {
+                                        char *np = realloc(path, need);
+                                        if (!np) {
+                                                free(path);
+                                                return -ENOMEM;
                                         }
+                                        path = np;
+                                        path_cap = need;
+                                }
+                                memcpy(path, n->path, n->base);
+                                memcpy(path + n->base, name + plen, len - plen);
+                                bool shadowed = table_get(b, path, n->base + len - plen) != INDEX_NONE;
                                 n->flags |= shadowed ? NODE_HIDDEN : NODE_WHITEOUT;
                                 n->target = INDEX_NONE; /* a whiteout is its own inode even if it was a hardlink */
                         }
                 }
         }
+        free(path);
         return 0;
 }
 
@@ -507,6 +544,22 @@ static int pass_emit(Builder *b, Index *idx) {
                 (arr)[(n)++] = (val);                                                   \
         } while (0)
 
+        /* Everything is sized up front from the node count and the TOC's
+         * string pool (an upper bound), so that no array is copied by a
+         * doubling realloc while both copies are alive. */
+        r = strbuf_reserve(&pool, t->pool_len + 1);
+        if (r < 0)
+                goto out;
+        idx->inodes = malloc(b->n_nodes * sizeof(IndexInode));
+        idx->dirents = malloc(b->n_nodes * sizeof(IndexDirent));
+        idx->xattrs = malloc((t->n_xattrs + 1) * sizeof(IndexXattr));
+        node_of = malloc(b->n_nodes * sizeof(uint32_t));
+        if (!idx->inodes || !idx->dirents || !idx->xattrs || !node_of) {
+                r = -ENOMEM;
+                goto out;
+        }
+        cap_inodes = cap_dirents = cap_node_of = b->n_nodes;
+        cap_xattrs = t->n_xattrs + 1;
         r = pool_add(&pool, "", 0, &(uint32_t) { 0 });
         if (r < 0)
                 goto out;
@@ -573,7 +626,8 @@ static int pass_emit(Builder *b, Index *idx) {
 
                 if (S_ISDIR(in.mode)) {
                         size_t nk = 0;
-                        for (uint32_t c = n->first_child; c != INDEX_NONE; c = b->nodes[c].next_sibling) {
+                        for (uint32_t k = 0; k < n->n_kids; k++) {
+                                uint32_t c = b->kids[n->kids + k];
                                 if (b->nodes[c].flags & NODE_HIDDEN)
                                         continue;
                                 PUSH(kids, nk, cap_kids, c);
@@ -617,6 +671,10 @@ static int pass_emit(Builder *b, Index *idx) {
                         in->nlink++;
         }
         idx->pool = strbuf_steal(&pool, &idx->pool_len);
+        /* give back what the up-front sizing did not use */
+        idx->pool = realloc(idx->pool, idx->pool_len + 1) ?: idx->pool;
+        idx->inodes = realloc(idx->inodes, MAX(idx->n_inodes, (size_t) 1) * sizeof(IndexInode)) ?: idx->inodes;
+        idx->dirents = realloc(idx->dirents, MAX(idx->n_dirents, (size_t) 1) * sizeof(IndexDirent)) ?: idx->dirents;
 out:
         free(node_of);
         free(kids);
@@ -638,14 +696,24 @@ int index_build(const Toc *toc, const IndexOptions *opts, Index **ret, ErrMsg *e
         size_t tsize = 64;
         while (tsize < (toc->n_entries + 1) * 2 + 64)
                 tsize *= 2;
-        b.table = malloc(tsize * sizeof(uint32_t));
+        b.table = malloc(tsize * sizeof(uint64_t));
         b.table_mask = tsize - 1;
         idx = calloc(1, sizeof(Index));
         if (!b.nodes || !b.table || !idx) {
                 r = -ENOMEM;
                 goto out;
         }
-        memset(b.table, 0xff, tsize * sizeof(uint32_t));
+        memset(b.table, 0xff, tsize * sizeof(uint64_t));
+
+        size_t n_data = 0;
+        for (size_t i = 0; i < toc->n_entries; i++)
+                n_data += toc->entries[i].type == TOC_CHUNK || (toc->entries[i].type == TOC_REG && toc->entries[i].size > 0);
+        b.cap_chunks = n_data + 1;
+        b.chunks = malloc(b.cap_chunks * sizeof(IndexChunk));
+        if (!b.chunks) {
+                r = -ENOMEM;
+                goto out;
+        }
 
         r = pass_names(&b);
         if (r < 0)
@@ -658,8 +726,8 @@ int index_build(const Toc *toc, const IndexOptions *opts, Index **ret, ErrMsg *e
                 goto out;
 
         /* landmarks */
-        for (uint32_t c = b.nodes[0].first_child; c != INDEX_NONE; c = b.nodes[c].next_sibling) {
-                Node *n = &b.nodes[c];
+        for (uint32_t k = 0; k < b.nodes[0].n_kids; k++) {
+                Node *n = &b.nodes[b.kids[b.nodes[0].kids + k]];
                 if (!(n->flags & NODE_HIDDEN) || n->entry == INDEX_NONE)
                         continue;
                 if (name_eq(n, ESTARGZ_NO_PREFETCH_LANDMARK, strlen(ESTARGZ_NO_PREFETCH_LANDMARK)))
@@ -703,6 +771,7 @@ int index_build(const Toc *toc, const IndexOptions *opts, Index **ret, ErrMsg *e
 out:
         free(b.nodes);
         free(b.table);
+        free(b.kids);
         free(b.chunks);
         index_free(idx);
         return r;

@@ -97,8 +97,11 @@ typedef struct IndexOptions {
  * absolute or empty components, at most 255 bytes a component), no
  * duplicates, parents are directories, hardlinks name an existing
  * non-directory, chunks tile each file exactly and their compressed ranges
- * are ordered, inside the blob and do not overlap. Returns 0 or -EBADMSG
- * with a message naming the entry. The Toc is only read. */
+ * are ordered, inside the blob and do not overlap. Returns 0, or with a
+ * message naming the entry: -EBADMSG (malformed), -ENAMETOOLONG (a
+ * component over 255 bytes or a path over 4096), -EEXIST (duplicate name),
+ * -ENOTDIR (a parent that is not a directory), -ELOOP (hardlink loop),
+ * -EFBIG, -ENOMEM. The Toc is only read. */
 int index_build(const Toc *toc, const IndexOptions *opts, Index **ret, ErrMsg *err);
 Index *index_free(Index *idx);
 

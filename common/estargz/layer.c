@@ -93,6 +93,7 @@ int layer_open(ReadAtFn read_at, void *userdata, uint64_t blob_size, const Layer
         r = toc_parse_compressed(l->footer.format, toc_bytes, (size_t) l->footer.toc_size, &limits, &toc, l->toc_digest, err);
         if (r < 0)
                 goto fail;
+        free(TAKE_PTR(toc_bytes));
         if (opts->expect_toc_digest && memcmp(opts->expect_toc_digest, l->toc_digest, SHA256_LEN) != 0) {
                 char want[DIGEST_STRING_LEN + 1], got[DIGEST_STRING_LEN + 1];
                 digest_format(opts->expect_toc_digest, want);

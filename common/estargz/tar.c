@@ -421,6 +421,10 @@ int tar_reader_next(TarReader *t, const TarHeader **ret, ErrMsg *err) {
                         r = -ENOMEM;
                         goto fail;
                 }
+                /* pre-POSIX archives mark directories with a NUL type and a
+                 * trailing slash, as Go's archive/tar also reads them */
+                if (type == 0 && h->name[0] && h->name[strlen(h->name) - 1] == '/')
+                        h->typeflag = '5';
                 if (h->name[0] == 0) {
                         r = errmsg_set(err, -EBADMSG, "tar entry at byte %" PRIu64 " has an empty name", at);
                         goto fail;

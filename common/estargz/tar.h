@@ -48,9 +48,10 @@ int tar_reader_new(ReadFn fn, void *userdata, TarReader **ret);
 TarReader *tar_reader_free(TarReader *t);
 
 /* Skips what is left of the current entry and reads the next header.
- * Returns 1 with *ret set, 0 at the end of the archive, or -EBADMSG (bad
- * checksum, truncated archive, unsupported entry type, oversized PAX
- * header, ...) with a message. */
+ * Returns 1 with *ret set, 0 at the end of the archive, or with a message
+ * -EBADMSG (bad checksum, truncated archive, unsupported entry type,
+ * oversized PAX header, ...) or -EOVERFLOW (an id, size or device number
+ * out of range). */
 int tar_reader_next(TarReader *t, const TarHeader **ret, ErrMsg *err);
 
 /* Reads data of the current entry. Returns bytes (> 0), 0 at its end, or

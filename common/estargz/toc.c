@@ -28,17 +28,18 @@ typedef enum Field {
 static const struct {
         const char *key;
         Field field;
+        size_t len;
 } entry_keys[] = {
-        { "name", F_NAME },           { "type", F_TYPE },
-        { "size", F_SIZE },           { "modtime", F_MODTIME },
-        { "linkName", F_LINKNAME },   { "mode", F_MODE },
-        { "uid", F_UID },             { "gid", F_GID },
-        { "userName", F_USERNAME },   { "groupName", F_GROUPNAME },
-        { "offset", F_OFFSET },       { "devMajor", F_DEVMAJOR },
-        { "devMinor", F_DEVMINOR },   { "xattrs", F_XATTRS },
-        { "digest", F_DIGEST },       { "chunkOffset", F_CHUNKOFFSET },
-        { "chunkSize", F_CHUNKSIZE }, { "chunkDigest", F_CHUNKDIGEST },
-        { "innerOffset", F_INNEROFFSET },
+        { "name", F_NAME, 4 },           { "type", F_TYPE, 4 },
+        { "size", F_SIZE, 4 },           { "modtime", F_MODTIME, 7 },
+        { "linkName", F_LINKNAME, 8 },   { "mode", F_MODE, 4 },
+        { "uid", F_UID, 3 },             { "gid", F_GID, 3 },
+        { "userName", F_USERNAME, 8 },   { "groupName", F_GROUPNAME, 9 },
+        { "offset", F_OFFSET, 6 },       { "devMajor", F_DEVMAJOR, 8 },
+        { "devMinor", F_DEVMINOR, 8 },   { "xattrs", F_XATTRS, 6 },
+        { "digest", F_DIGEST, 6 },       { "chunkOffset", F_CHUNKOFFSET, 11 },
+        { "chunkSize", F_CHUNKSIZE, 9 }, { "chunkDigest", F_CHUNKDIGEST, 11 },
+        { "innerOffset", F_INNEROFFSET, 11 },
 };
 
 static const char *const type_names[_TOC_TYPE_MAX] = {
@@ -238,36 +239,49 @@ static int add_digest(Parser *p, const unsigned char *s, size_t len, uint32_t *r
         return 1;
 }
 
+/* Reads exactly n decimal digits. */
+static bool digits(const char *s, size_t n, int *ret) {
+        int v = 0;
+        for (size_t i = 0; i < n; i++) {
+                if (s[i] < '0' || s[i] > '9')
+                        return false;
+                v = v * 10 + (s[i] - '0');
+        }
+        *ret = v;
+        return true;
+}
+
 /* RFC 3339 as Go's time.Parse(time.RFC3339) accepts it:
- * YYYY-MM-DDTHH:MM:SS[.frac](Z|+HH:MM|-HH:MM). */
+ * YYYY-MM-DDTHH:MM:SS[.frac](Z|+HH:MM|-HH:MM), with the day checked
+ * against the month. Hand-parsed: it runs once per TOC entry. */
 static int parse_rfc3339(const char *s, size_t len, int64_t *ret) {
-        char buf[64];
-        if (len >= sizeof(buf))
+        static const int mdays[12] = { 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31 };
+        int y, mo, d, h, mi, sec;
+        if (len < 20 || !digits(s, 4, &y) || s[4] != '-' || !digits(s + 5, 2, &mo) || s[7] != '-' ||
+            !digits(s + 8, 2, &d) || s[10] != 'T' || !digits(s + 11, 2, &h) || s[13] != ':' ||
+            !digits(s + 14, 2, &mi) || s[16] != ':' || !digits(s + 17, 2, &sec))
                 return -EBADMSG;
-        memcpy(buf, s, len);
-        buf[len] = 0;
-        int y, mo, d, h, mi, sec, n = 0;
-        if (sscanf(buf, "%4d-%2d-%2dT%2d:%2d:%2d%n", &y, &mo, &d, &h, &mi, &sec, &n) != 6 || n != 19)
-                return -EBADMSG;
-        const char *q = buf + n;
-        if (*q == '.') {
-                q++;
-                if (*q < '0' || *q > '9')
-                        return -EBADMSG;
-                while (*q >= '0' && *q <= '9')
+        size_t q = 19;
+        if (s[q] == '.') {
+                size_t start = ++q;
+                while (q < len && s[q] >= '0' && s[q] <= '9')
                         q++;
+                if (q == start)
+                        return -EBADMSG;
         }
         int64_t off = 0;
-        if (*q == 'Z' && q[1] == 0)
+        if (q + 1 == len && s[q] == 'Z')
                 ;
-        else if ((*q == '+' || *q == '-') && strlen(q) == 6 && q[3] == ':') {
+        else if (q + 6 == len && (s[q] == '+' || s[q] == '-') && s[q + 3] == ':') {
                 int oh, om;
-                if (sscanf(q + 1, "%2d:%2d", &oh, &om) != 2 || oh > 23 || om > 59)
+                if (!digits(s + q + 1, 2, &oh) || !digits(s + q + 4, 2, &om) || oh > 23 || om > 59)
                         return -EBADMSG;
-                off = (int64_t) (oh * 3600 + om * 60) * (*q == '-' ? -1 : 1);
+                off = (int64_t) (oh * 3600 + om * 60) * (s[q] == '-' ? -1 : 1);
         } else
                 return -EBADMSG;
-        if (mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 || sec > 59)
+        bool leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+        if (mo < 1 || mo > 12 || d < 1 || d > mdays[mo - 1] || (mo == 2 && d == 29 && !leap) || h > 23 || mi > 59 ||
+            sec > 59)
                 return -EBADMSG;
         /* days from civil, proleptic Gregorian */
         int64_t yy = y - (mo <= 2);
@@ -340,8 +354,10 @@ static int on_string(void *ctx, const unsigned char *s, size_t len) {
         case F_TYPE: {
                 TocType t = _TOC_TYPE_MAX;
                 for (size_t i = 0; i < _TOC_TYPE_MAX; i++)
-                        if (strlen(type_names[i]) == len && memcmp(type_names[i], s, len) == 0)
+                        if (strlen(type_names[i]) == len && memcmp(type_names[i], s, len) == 0) {
                                 t = (TocType) i;
+                                break;
+                        }
                 if (t == _TOC_TYPE_MAX)
                         return fail(p, -EBADMSG, "unknown type '%.*s'", (int) MIN(len, (size_t) 32), s);
                 e->type = (uint8_t) t;
@@ -422,8 +438,10 @@ static int on_map_key(void *ctx, const unsigned char *k, size_t len) {
         case S_ENTRY:
                 p->field = F_NONE;
                 for (size_t i = 0; i < ELEMENTSOF(entry_keys); i++)
-                        if (strlen(entry_keys[i].key) == len && memcmp(entry_keys[i].key, k, len) == 0)
+                        if (entry_keys[i].len == len && memcmp(entry_keys[i].key, k, len) == 0) {
                                 p->field = entry_keys[i].field;
+                                break;
+                        }
                 p->state = S_ENTRY_VALUE;
                 if (p->field == F_NONE) {
                         p->skipping = true;
@@ -437,6 +455,11 @@ static int on_map_key(void *ctx, const unsigned char *k, size_t len) {
                         return 0;
                 if (memchr(k, 0, len))
                         return fail(p, -EBADMSG, "xattr name contains a NUL byte");
+                for (uint32_t i = 0; i < p->cur.xattr_count; i++) {
+                        const TocXattr *x = &p->toc->xattrs[p->cur.xattr_first + i];
+                        if (x->name_len == len && memcmp(p->pool.data + x->name, k, len) == 0)
+                                return fail(p, -EBADMSG, "xattr '%.*s' given twice", (int) MIN(len, (size_t) 100), k);
+                }
                 p->state = S_XATTR_VALUE;
                 return 1;
         default:

@@ -74,8 +74,10 @@ typedef struct TocLimits {
 Toc *toc_free(Toc *t);
 const char *toc_type_to_string(TocType t);
 
-/* Parses TOC JSON. limits may be NULL for the defaults. Returns 0 or
- * -EBADMSG / -EFBIG / -ENOMEM with a message naming the entry and field. */
+/* Parses TOC JSON. limits may be NULL for the defaults. Returns 0, or with
+ * a message naming the entry and field: -EBADMSG (malformed), -EFBIG (over
+ * a limit), -EOVERFLOW (a size or offset beyond 2^63), -EOPNOTSUPP (TOC
+ * version other than 1, a digest algorithm other than sha256), -ENOMEM. */
 int toc_parse_json(const void *json, size_t len, const TocLimits *limits, Toc **ret, ErrMsg *err);
 
 /* Decompresses the TOC region of a blob ([footer.toc_offset, +toc_size)):
