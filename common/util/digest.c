@@ -52,13 +52,12 @@ void sha256_buf(const void *data, size_t len, uint8_t ret[SHA256_LEN]) {
         EVP_Digest(data, len, ret, &n, EVP_sha256(), NULL);
 }
 
-static int unhex(char c) {
-        if (c >= '0' && c <= '9')
-                return c - '0';
-        if (c >= 'a' && c <= 'f')
-                return c - 'a' + 10;
-        return -1;
-}
+/* Lowercase hex digit values plus one; 0 for anything else (OCI digests
+ * are lowercase). A table: this runs twice per TOC entry. */
+static const uint8_t unhex_table[256] = {
+        ['0'] = 1, ['1'] = 2, ['2'] = 3, ['3'] = 4, ['4'] = 5, ['5'] = 6, ['6'] = 7, ['7'] = 8, ['8'] = 9, ['9'] = 10,
+        ['a'] = 11, ['b'] = 12, ['c'] = 13, ['d'] = 14, ['e'] = 15, ['f'] = 16,
+};
 
 int digest_parse(const char *s, size_t len, uint8_t ret[SHA256_LEN]) {
         const char *colon = memchr(s, ':', len);
@@ -74,12 +73,14 @@ int digest_parse(const char *s, size_t len, uint8_t ret[SHA256_LEN]) {
         if (len != DIGEST_STRING_LEN)
                 return -EINVAL;
         uint8_t d[SHA256_LEN];
+        bool bad = false;
         for (size_t i = 0; i < SHA256_LEN; i++) {
-                int hi = unhex(s[7 + 2 * i]), lo = unhex(s[8 + 2 * i]);
-                if (hi < 0 || lo < 0)
-                        return -EINVAL;
-                d[i] = (uint8_t) (hi << 4 | lo);
+                int hi = unhex_table[(uint8_t) s[7 + 2 * i]], lo = unhex_table[(uint8_t) s[8 + 2 * i]];
+                bad |= hi == 0 || lo == 0;
+                d[i] = (uint8_t) ((hi - 1) << 4 | (lo - 1));
         }
+        if (bad)
+                return -EINVAL;
         memcpy(ret, d, SHA256_LEN);
         return 0;
 }
