@@ -219,6 +219,9 @@ static int ensure_dir(Builder *b, const char *path, uint32_t len, uint32_t ei, u
 
 static int add_chunk(Builder *b, uint32_t ei, uint64_t chunk_offset, uint64_t chunk_size) {
         const TocEntry *e = &b->toc->entries[ei];
+        if (b->opts->max_chunk_size && chunk_size > b->opts->max_chunk_size)
+                return errmsg_set(b->err, -EFBIG, "TOC entry %" PRIu32 ": a chunk of %" PRIu64 " bytes is over the configured cap of %" PRIu64,
+                                  ei, chunk_size, b->opts->max_chunk_size);
         if (b->n_chunks >= b->cap_chunks) {
                 size_t nc = b->cap_chunks ? b->cap_chunks * 2 : 1024;
                 IndexChunk *c = reallocarray(b->chunks, nc, sizeof(IndexChunk));
@@ -458,6 +461,12 @@ static int pass_links(Builder *b) {
                         }
                         size_t plen = strlen(WHITEOUT_PREFIX);
                         if (len > plen && memcmp(name, WHITEOUT_PREFIX, plen) == 0 && !node_is_dir(b, n)) {
+                                if ((len == plen + 1 && name[plen] == '.') ||
+                                    (len == plen + 2 && name[plen] == '.' && name[plen + 1] == '.')) {
+                                        free(path);
+                                        return errmsg_set(b->err, -EBADMSG, "TOC entry '%.*s': a whiteout of '.' or '..'",
+                                                          (int) MIN(n->path_len, 200u), n->path);
+                                }
                                 /* hidden when the directory also has the real name */
                                 size_t need = n->base + len - plen + 1;
                                 if (need > path_cap) {
@@ -633,7 +642,8 @@ static int pass_emit(Builder *b, Index *idx) {
                                 PUSH(kids, nk, cap_kids, c);
                         }
                         sort_ctx = b;
-                        qsort(kids, nk, sizeof(uint32_t), cmp_children);
+                        if (nk > 1)
+                                qsort(kids, nk, sizeof(uint32_t), cmp_children);
                         in.first = (uint32_t) idx->n_dirents;
                         in.count = (uint32_t) nk;
                         for (size_t k = 0; k < nk; k++) {

@@ -91,6 +91,7 @@ typedef struct Index {
 typedef struct IndexOptions {
         uint64_t toc_offset;     /* end of the last chunk's compressed range */
         LayerFormat format;
+        uint64_t max_chunk_size;  /* 0: no cap */
 } IndexOptions;
 
 /* Builds the index, checking the TOC as a whole: names (no "..", no

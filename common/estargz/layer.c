@@ -60,6 +60,8 @@ int layer_open(ReadAtFn read_at, void *userdata, uint64_t blob_size, const Layer
                 limits.max_json_bytes = TOC_DEFAULT_MAX_JSON_BYTES;
         if (!limits.max_entries)
                 limits.max_entries = TOC_DEFAULT_MAX_ENTRIES;
+        if (!limits.max_chunk_bytes)
+                limits.max_chunk_bytes = TOC_DEFAULT_MAX_CHUNK_BYTES;
 
         l = calloc(1, sizeof(*l));
         if (!l)
@@ -106,6 +108,7 @@ int layer_open(ReadAtFn read_at, void *userdata, uint64_t blob_size, const Layer
                 /* zstd:chunked: the TOC's skippable-frame header precedes toc_offset */
                 .toc_offset = l->footer.format == LAYER_FORMAT_ZSTD_CHUNKED && l->footer.toc_offset >= 8
                                       ? l->footer.toc_offset - 8 : l->footer.toc_offset,
+                .max_chunk_size = limits.max_chunk_bytes,
         };
         r = index_build(toc, &iopts, &l->index, err);
         if (r < 0)

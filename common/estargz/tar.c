@@ -238,6 +238,8 @@ static int parse_pax(char *buf, size_t size, Pax *pax, ErrMsg *err) {
                 if (!eq)
                         return errmsg_set(err, -EBADMSG, "PAX record without '=' at byte %zu", pos);
                 size_t klen = (size_t) (eq - key);
+                if (klen == 0 || memchr(key, 0, klen))
+                        return errmsg_set(err, -EBADMSG, "PAX record with an empty key or a NUL in its key at byte %zu", pos);
                 const char *val = eq + 1;
                 size_t vlen = (size_t) (end - val);
                 int r = 0;

@@ -66,10 +66,13 @@ typedef struct Toc {
 typedef struct TocLimits {
         uint64_t max_json_bytes; /* uncompressed TOC JSON */
         uint64_t max_entries;
+        uint64_t max_chunk_bytes; /* uncompressed bytes of one chunk: a read
+                                   * decodes and verifies a whole chunk */
 } TocLimits;
 
 #define TOC_DEFAULT_MAX_JSON_BYTES (512ull << 20)
 #define TOC_DEFAULT_MAX_ENTRIES 8000000ull
+#define TOC_DEFAULT_MAX_CHUNK_BYTES (64ull << 20)
 
 Toc *toc_free(Toc *t);
 const char *toc_type_to_string(TocType t);

@@ -20,6 +20,7 @@
 #include "common/estargz/footer.h"
 #include "common/estargz/format.h"
 #include "common/estargz/tar.h"
+#include "common/estargz/toc.h"
 #include "common/util/macro.h"
 #include "common/util/strbuf.h"
 
@@ -700,8 +701,9 @@ int estargz_convert(int in_fd, int out_fd, const ConvertOptions *opts, ConvertRe
         uint64_t chunk = opts->chunk_size ? opts->chunk_size : ESTARGZ_DEFAULT_CHUNK_SIZE;
         int r;
 
-        if (chunk > (1ull << 30))
-                return errmsg_set(err, -EINVAL, "chunk size %" PRIu64 " is larger than 1 GiB", chunk);
+        if (chunk > TOC_DEFAULT_MAX_CHUNK_BYTES)
+                return errmsg_set(err, -EINVAL, "chunk size %" PRIu64 " is larger than %llu, the most a reader accepts by default",
+                                  chunk, TOC_DEFAULT_MAX_CHUNK_BYTES);
         w.comp = libdeflate_alloc_compressor(opts->level > 0 ? opts->level : 6);
         w.diff = sha256_new();
         w.blob = sha256_new();

@@ -77,7 +77,7 @@ int digest_parse(const char *s, size_t len, uint8_t ret[SHA256_LEN]) {
         for (size_t i = 0; i < SHA256_LEN; i++) {
                 int hi = unhex_table[(uint8_t) s[7 + 2 * i]], lo = unhex_table[(uint8_t) s[8 + 2 * i]];
                 bad |= hi == 0 || lo == 0;
-                d[i] = (uint8_t) ((hi - 1) << 4 | (lo - 1));
+                d[i] = (uint8_t) (((unsigned) hi - 1) << 4 | ((unsigned) lo - 1));
         }
         if (bad)
                 return -EINVAL;
