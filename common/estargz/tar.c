@@ -263,16 +263,43 @@ static int parse_pax(char *buf, size_t size, Pax *pax, ErrMsg *err) {
                 else if (KEY("SCHILY.devminor"))
                         r = parse_decimal(val, vlen, &pax->minor), pax->has_minor = true;
                 else if (KEY("mtime")) {
-                        /* seconds with an optional fraction; we keep seconds (the TOC does) */
+                        /* Seconds with an optional fraction. The TOC keeps whole
+                         * seconds, rounded to the nearest with halves going up,
+                         * as Go's Time.Round(time.Second) does for the reference
+                         * writer: 0.5 -> 1, -2.5 -> -2, -2.7 -> -3. */
                         const char *dot = memchr(val, '.', vlen);
                         size_t ilen = dot ? (size_t) (dot - val) : vlen;
                         bool neg = ilen > 0 && val[0] == '-';
                         uint64_t s = 0;
                         r = parse_decimal(val + neg, ilen - neg, &s);
-                        if (r >= 0 && s > INT64_MAX)
+                        if (r >= 0 && s >= INT64_MAX)
                                 r = -EOVERFLOW;
+                        int cmp_half = 0; /* fraction compared with .5 */
+                        if (r >= 0 && dot) {
+                                const char *f = dot + 1, *fend = val + vlen;
+                                if (f == fend)
+                                        r = -EBADMSG;
+                                for (const char *q = f; r >= 0 && q < fend; q++)
+                                        if (*q < '0' || *q > '9')
+                                                r = -EBADMSG;
+                                if (r >= 0) {
+                                        if (*f > '5')
+                                                cmp_half = 1;
+                                        else if (*f < '5')
+                                                cmp_half = -1;
+                                        else
+                                                for (const char *q = f + 1; q < fend; q++)
+                                                        if (*q != '0') {
+                                                                cmp_half = 1;
+                                                                break;
+                                                        }
+                                }
+                        }
                         if (r >= 0) {
-                                pax->mtime = neg ? -(int64_t) s : (int64_t) s;
+                                int64_t v = (int64_t) s;
+                                if (!neg && cmp_half >= 0 && dot)
+                                        v++;
+                                pax->mtime = neg ? -(v + (cmp_half > 0)) : v;
                                 pax->has_mtime = true;
                         }
                 } else if (klen > 13 && memcmp(key, "SCHILY.xattr.", 13) == 0) {

@@ -204,6 +204,49 @@ static int names_grow(Writer *w) {
         return 0;
 }
 
+static bool has_dotdot(const char *name) {
+        for (const char *p = name; *p;) {
+                const char *e = strchrnul(p, '/');
+                if (e - p == 2 && p[0] == '.' && p[1] == '.')
+                        return true;
+                p = *e ? e + 1 : e;
+        }
+        return false;
+}
+
+/* Whether the reader takes the name as it is (index.c's rules): relative,
+ * "./" prefixes, one trailing '/', no empty or "." components elsewhere. */
+static bool name_acceptable(const char *name) {
+        const char *p = name;
+        if (*p == '/')
+                return false;
+        while (p[0] == '.' && p[1] == '/')
+                p += 2;
+        if (p[0] == '.' && p[1] == 0)
+                return true;
+        while (*p) {
+                const char *e = strchrnul(p, '/');
+                if (e == p || (e - p == 1 && p[0] == '.'))
+                        return false;
+                if (*e == '/' && e[1] == 0)
+                        return true;
+                p = *e ? e + 1 : e;
+        }
+        return true;
+}
+
+/* The name to write: the input's own when the reader takes it, else its
+ * cleaned form (absolute names, "//", "/./" are rewritten, as the
+ * reference reader would read them anyway). */
+static char *output_name(const char *name, const char *clean, bool dir) {
+        if (name_acceptable(name))
+                return strdup(name);
+        char *s = NULL;
+        if (clean[0] == 0)
+                return strdup("./");
+        return asprintf(&s, "%s%s", clean, dir ? "/" : "") < 0 ? NULL : s;
+}
+
 static int find_entry(Writer *w, const char *clean) {
         if (!w->names)
                 return -1;
@@ -331,6 +374,13 @@ static int spool_input(Writer *w, int in_fd) {
                         r = errmsg_set(w->err, -EBADMSG, "tar entry name or link target is not UTF-8: '%.200s'", h->name);
                         goto out;
                 }
+                /* ".." could point outside the layer: refused, as the reader
+                 * refuses it (the reference would silently clean it away) */
+                if (has_dotdot(h->name) || (h->typeflag == '1' && has_dotdot(h->linkname))) {
+                        r = errmsg_set(w->err, -EBADMSG, "tar entry '%.200s'%s has a '..' path component", h->name,
+                                       has_dotdot(h->name) ? "" : " (its hardlink target)");
+                        goto out;
+                }
                 if (!w->names || (w->n_ents + 1) * 2 > w->names_mask + 1) {
                         r = names_grow(w);
                         if (r < 0)
@@ -352,8 +402,12 @@ static int spool_input(Writer *w, int in_fd) {
                 SpoolEntry *e = &w->ents[w->n_ents];
                 *e = (SpoolEntry) { .h = *h, .data_off = spool_off };
                 /* deep copy: the reader's strings die at the next header */
-                e->h.name = strdup(h->name);
-                e->h.linkname = strdup(h->linkname);
+                e->h.name = output_name(h->name, clean, h->typeflag == '5');
+                if (h->typeflag == '1') {
+                        _cleanup_free_ char *lclean = clean_name(h->linkname);
+                        e->h.linkname = lclean ? output_name(h->linkname, lclean, false) : NULL;
+                } else
+                        e->h.linkname = strdup(h->linkname);
                 e->h.uname = strdup(h->uname);
                 e->h.gname = strdup(h->gname);
                 e->h.xattrs = h->n_xattrs ? calloc(h->n_xattrs, sizeof(TarXattr)) : NULL;

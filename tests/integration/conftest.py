@@ -18,6 +18,7 @@ trusted.* xattrs.
 import hashlib
 import json
 import os
+import pathlib
 import random
 import shutil
 import stat
@@ -54,6 +55,28 @@ def _run(cmd, **kw):
 def session_tmp():
     d = tempfile.mkdtemp(prefix="holdfast-conformance-")
     yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+# pytest's own tmp_path keeps the last runs' directories around; these
+# replacements put everything under session_tmp, which is removed at the end.
+class _TmpFactory:
+    def __init__(self, base):
+        self.base = base
+
+    def mktemp(self, name):
+        return pathlib.Path(tempfile.mkdtemp(prefix=name, dir=self.base))
+
+
+@pytest.fixture(scope="session")
+def tmp_path_factory(session_tmp):
+    return _TmpFactory(session_tmp)
+
+
+@pytest.fixture
+def tmp_path(session_tmp):
+    d = tempfile.mkdtemp(prefix="test-", dir=session_tmp)
+    yield pathlib.Path(d)
     shutil.rmtree(d, ignore_errors=True)
 
 
@@ -141,10 +164,10 @@ def build_source_tree(root, seed=20240517):
             r = rng.random()
             if r < 0.5:
                 size = rng.choice(sizes)
-            elif r < 0.95:
-                size = rng.randint(0, 16 * KiB)
+            elif r < 0.97:
+                size = rng.randint(0, 8 * KiB)
             else:
-                size = rng.randint(16 * KiB, 300 * KiB)
+                size = rng.randint(16 * KiB, 200 * KiB)
             data = rng.randbytes(size) if rng.random() < 0.5 else _compressible(rng, size)
             _write(p("%s/f%04d" % (d, n)), data, rng.choice([0o644, 0o600, 0o755, 0o444, 0o640]))
             n += 1
@@ -250,6 +273,7 @@ def build_source_tree(root, seed=20240517):
     os.setxattr(p("xattr/file"), "user.binary", b"\x00\x01\x02\xff\xfe\x00end")
     os.setxattr(p("xattr/file"), "user.utf8", "h\u00e9llo".encode())
     os.setxattr(p("xattr/file"), "trusted.holdfast", b"trusted\x00value")
+    os.setxattr(p("xattr/file"), "user.empty", b"")
     os.setxattr(p("xattr"), "user.dir-attr", b"on a directory")
     _write(p("xattr/big-value"), b"")
     os.setxattr(p("xattr/big-value"), "user.big", bytes(range(256)) * 8)

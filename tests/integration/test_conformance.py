@@ -15,13 +15,15 @@ import io
 import json
 import os
 import re
+import struct
 import subprocess
 import tarfile
+import zlib
 
 import pytest
 
 import treedump
-from conftest import MiB, KiB, PREFETCH_LIST, parse_json_output, sha256_file
+from conftest import MiB, KiB, make_tar, parse_json_output, sha256_file
 
 # (id, chunk size or None for the implementations' default of 4 MiB)
 CHUNK_SIZES = [("64k", 64 * KiB), ("1m", 1 * MiB), ("default", None)]
@@ -111,6 +113,11 @@ def ref_blob(estargz_ref, tree, prefetch_list, blob_cache):
         if k not in blob_cache:
             out = os.path.join(blob_cache["dir"], k + ".blob")
             cmd = [estargz_ref, "build"]
+            # The compression level does not change what a reader sees;
+            # level 1 keeps the suite fast. The default-chunk build without a
+            # prefetch list keeps the library default (best compression), as real blobs have it.
+            if chunk or prefetch:
+                cmd += ["--level", "1"]
             if chunk:
                 cmd += ["--chunk-size", str(chunk)]
             if prefetch:
@@ -131,7 +138,7 @@ def hf_blob(holdfastctl, tree, prefetch_list, blob_cache):
             if chunk:
                 cmd += ["--chunk-size", str(chunk)]
             if prefetch:
-                cmd += ["--prefetch", prefetch_list]
+                cmd += ["--prefetch-list", prefetch_list]
             p = run(cmd + [src or tree.tar, out, "--json"])
             info = parse_json_output(p, "holdfastctl convert --json")
             for field in ("toc_digest", "diff_id"):
@@ -250,6 +257,21 @@ def test_holdfast_toc_layout_matches_reference(hf_blob, ref_blob, chunk, prefetc
 
 @chunk_params
 @prefetch_params
+def test_holdfast_toc_fields_match_reference(hf_blob, ref_blob, chunk, prefetch):
+    """Stricter than the layout: every TOC field but the blob offsets is the
+    one the reference writes (names as in the tar, modtime strings, mode,
+    owner names, xattrs, omitted zero fields)."""
+    hf_toc, _ = read_toc(hf_blob(chunk, prefetch)[0])
+    ref_toc, _ = read_toc(ref_blob(chunk, prefetch)[0])
+    assert hf_toc.get("version") == ref_toc.get("version")
+    strip = lambda e: {k: v for k, v in e.items() if k != "offset"}  # noqa: E731
+    for i, (a, b) in enumerate(zip(ref_toc["entries"], hf_toc["entries"])):
+        assert strip(a) == strip(b), "TOC entry %d differs:\n  reference %r\n  holdfast  %r" % (i, a, b)
+    assert len(hf_toc["entries"]) == len(ref_toc["entries"])
+
+
+@chunk_params
+@prefetch_params
 def test_holdfast_reads_own(holdfastctl, tree, hf_blob, chunk, prefetch):
     blob, info = hf_blob(chunk, prefetch)
     assert_dump_equal(tree.dump, hf_inspect(holdfastctl, blob, info["toc_digest"]),
@@ -273,69 +295,191 @@ def test_convert_compressed_input(estargz_ref, holdfastctl, tree, hf_blob, sessi
         "converting the %s-compressed tar gave another TOC than the plain tar" % codec
 
 
-# --- implicit directories ---------------------------------------------------
+def test_convert_estargz_input(estargz_ref, tree, hf_blob, ref_blob):
+    """Converting a layer that already is eStargz (gzip members, a TOC entry
+    and a landmark inside) gives the same files and one fresh landmark."""
+    src, _ = ref_blob(1 * MiB, True)
+    blob, info = hf_blob(1 * MiB, False, src=src, tag="reconvert")
+    names = [os.path.normpath("/" + e["name"]).lstrip("/")
+             for e in read_toc(blob)[0]["entries"] if e["type"] != "chunk"]
+    assert names.count(".no.prefetch.landmark") == 1 and names[0] == ".no.prefetch.landmark"
+    assert ".prefetch.landmark" not in names and "stargz.index.json" not in names
+    assert_dump_equal(tree.dump, ref_dump(estargz_ref, blob, info["toc_digest"]),
+                      "estargz-ref dump of holdfast's conversion of a reference blob")
 
-def _implicit_tar(path):
-    """A tar without directory entries (and mixed name prefixes)."""
+
+# GNU tar in PAX format (which --xattrs implies) records sub-second mtimes
+# as "mtime=SECONDS.FRACTION"; the reference rounds them to the nearest
+# second (halves up) when it writes the TOC.
+FRACTIONAL_MTIMES = {
+    "up-6": 1_600_000_000_600_000_000,
+    "down-4999": 1_600_000_000_499_999_999,
+    "half": 1_600_000_000_500_000_000,
+    "pre-epoch-half": -1_500_000_000,
+    "pre-epoch-7": -2_700_000_000,
+    "just-past-epoch": 400_000_000,
+}
+
+
+def test_fractional_mtimes(estargz_ref, holdfastctl, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for name, ns in FRACTIONAL_MTIMES.items():
+        (src / name).write_bytes(name.encode())
+        os.utime(src / name, ns=(ns, ns))
+    os.utime(src, ns=(0, 0))
+    tar = str(tmp_path / "frac.tar")
+    make_tar(str(src), tar)
+    expected = treedump.dump_tree(str(src))
+    ref = str(tmp_path / "ref.blob")
+    info = parse_json_output(run([estargz_ref, "build", tar, ref]), "estargz-ref build")
+    assert_dump_equal(expected, ref_dump(estargz_ref, ref, info["toc_digest"]),
+                      "estargz-ref dump of a tar with sub-second mtimes")
+    assert_dump_equal(expected, hf_inspect(holdfastctl, ref, info["toc_digest"]),
+                      "holdfastctl inspect of a reference blob with sub-second mtimes")
+    own = str(tmp_path / "hf.blob")
+    hinfo = parse_json_output(run([holdfastctl, "convert", tar, own, "--json"]),
+                              "holdfastctl convert --json")
+    assert_dump_equal(expected, ref_dump(estargz_ref, own, hinfo["toc_digest"]),
+                      "estargz-ref dump of the holdfast blob of a tar with sub-second mtimes")
+
+
+# --- a hand-made tar with what GNU tar never writes ------------------------
+
+def _odd_tar(path):
+    """Entries without parent directories, a directory entry after its
+    child, "./"-prefixed and bare names, a hardlink, a whiteout hidden by an
+    implicit directory, and a path stored twice (the later one wins)."""
+    def reg(name, data, mtime, mode=0o640, uid=5, gid=6):
+        ti = tarfile.TarInfo(name)
+        ti.size, ti.mtime, ti.mode, ti.uid, ti.gid = len(data), mtime, mode, uid, gid
+        return ti, io.BytesIO(data)
+
+    def special(name, typ, mtime, mode, uid=5, gid=6, linkname=""):
+        ti = tarfile.TarInfo(name)
+        ti.type, ti.mtime, ti.mode, ti.uid, ti.gid, ti.linkname = typ, mtime, mode, uid, gid, linkname
+        return ti, None
+
+    entries = [
+        reg("a/b/c.txt", b"abc", 1_600_000_000),
+        reg("./a/d.txt", b"", 1_600_000_001),
+        reg("x/y/z/.wh.w", b"", 1_600_000_002),
+        reg("late/child.txt", b"child", 1_600_000_003),
+        special("late/", tarfile.DIRTYPE, 1_500_000_000, 0o700, uid=7, gid=8),
+        reg("./.wh.a", b"", 1_600_000_004),
+        special("a/b/hl", tarfile.LNKTYPE, 1_600_000_000, 0o640, linkname="./a/b/c.txt"),
+        reg("dup.txt", b"first", 1_600_000_006),
+        reg("dup.txt", b"second!", 1_600_000_007, mode=0o600),
+    ]
     with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as t:
-        for name, data, mtime in [("a/b/c.txt", b"abc", 1_600_000_000),
-                                  ("./a/d.txt", b"", 1_600_000_001),
-                                  ("x/y/z/.wh.w", b"", 1_600_000_002)]:
-            ti = tarfile.TarInfo(name)
-            ti.size, ti.mtime, ti.mode, ti.uid, ti.gid = len(data), mtime, 0o640, 5, 6
-            t.addfile(ti, io.BytesIO(data))
+        for ti, data in entries:
+            t.addfile(ti, data)
 
 
-IMPLICIT_DUMP = [
-    {"path": "a", "type": "dir", "mode": 0o755, "uid": 0, "gid": 0, "size": 0, "mtime": 0,
-     "link": "", "devmajor": 0, "devminor": 0, "xattrs": {}, "sha256": "", "nlink": 0},
-    {"path": "a/b", "type": "dir", "mode": 0o755, "uid": 0, "gid": 0, "size": 0, "mtime": 0,
-     "link": "", "devmajor": 0, "devminor": 0, "xattrs": {}, "sha256": "", "nlink": 0},
-    {"path": "a/b/c.txt", "type": "reg", "mode": 0o640, "uid": 5, "gid": 6, "size": 3,
-     "mtime": 1_600_000_000, "link": "", "devmajor": 0, "devminor": 0, "xattrs": {},
-     "sha256": hashlib.sha256(b"abc").hexdigest(), "nlink": 1},
-    {"path": "a/d.txt", "type": "reg", "mode": 0o640, "uid": 5, "gid": 6, "size": 0,
-     "mtime": 1_600_000_001, "link": "", "devmajor": 0, "devminor": 0, "xattrs": {},
-     "sha256": hashlib.sha256(b"").hexdigest(), "nlink": 1},
-    {"path": "x", "type": "dir", "mode": 0o755, "uid": 0, "gid": 0, "size": 0, "mtime": 0,
-     "link": "", "devmajor": 0, "devminor": 0, "xattrs": {}, "sha256": "", "nlink": 0},
-    {"path": "x/y", "type": "dir", "mode": 0o755, "uid": 0, "gid": 0, "size": 0, "mtime": 0,
-     "link": "", "devmajor": 0, "devminor": 0, "xattrs": {}, "sha256": "", "nlink": 0},
-    {"path": "x/y/z", "type": "dir", "mode": 0o755, "uid": 0, "gid": 0, "size": 0, "mtime": 0,
-     "link": "", "devmajor": 0, "devminor": 0, "xattrs": {}, "sha256": "", "nlink": 0},
-    {"path": "x/y/z/w", "type": "char", "mode": 0, "uid": 5, "gid": 6, "size": 0,
-     "mtime": 1_600_000_002, "link": "", "devmajor": 0, "devminor": 0, "xattrs": {},
-     "sha256": "", "nlink": 1},
+def _dump_entry(path, typ, mode, uid=0, gid=0, mtime=0, data=None, nlink=None):
+    return {"path": path, "type": typ, "mode": mode, "uid": uid, "gid": gid,
+            "size": len(data) if data is not None else 0, "mtime": mtime, "link": "",
+            "devmajor": 0, "devminor": 0, "xattrs": {},
+            "sha256": hashlib.sha256(data).hexdigest() if data is not None else "",
+            "nlink": (0 if typ == "dir" else 1) if nlink is None else nlink}
+
+
+ODD_DUMP = [
+    _dump_entry("a", "dir", 0o755),
+    _dump_entry("a/b", "dir", 0o755),
+    _dump_entry("a/b/c.txt", "reg", 0o640, 5, 6, 1_600_000_000, b"abc", nlink=2),
+    _dump_entry("a/b/hl", "reg", 0o640, 5, 6, 1_600_000_000, b"abc", nlink=2),
+    _dump_entry("a/d.txt", "reg", 0o640, 5, 6, 1_600_000_001, b""),
+    _dump_entry("dup.txt", "reg", 0o600, 5, 6, 1_600_000_007, b"second!"),
+    _dump_entry("late", "dir", 0o700, 7, 8, 1_500_000_000),
+    _dump_entry("late/child.txt", "reg", 0o640, 5, 6, 1_600_000_003, b"child"),
+    _dump_entry("x", "dir", 0o755),
+    _dump_entry("x/y", "dir", 0o755),
+    _dump_entry("x/y/z", "dir", 0o755),
+    _dump_entry("x/y/z/w", "char", 0, 5, 6, 1_600_000_002),
 ]
 
 
 @pytest.fixture(scope="module")
-def implicit_blobs(estargz_ref, tmp_path_factory):
-    d = tmp_path_factory.mktemp("implicit")
-    tar = str(d / "implicit.tar")
-    _implicit_tar(tar)
+def odd_blobs(estargz_ref, tmp_path_factory):
+    d = tmp_path_factory.mktemp("odd")
+    tar = str(d / "odd.tar")
+    _odd_tar(tar)
     blob = str(d / "ref.blob")
     info = parse_json_output(run([estargz_ref, "build", tar, blob]), "estargz-ref build")
     return tar, blob, info
 
 
-def test_reference_implicit_dirs(estargz_ref, implicit_blobs):
-    _, blob, info = implicit_blobs
-    assert_dump_equal(IMPLICIT_DUMP, ref_dump(estargz_ref, blob, info["toc_digest"]),
-                      "estargz-ref dump of a tar without directory entries")
+def test_reference_odd_tar(estargz_ref, odd_blobs):
+    _, blob, info = odd_blobs
+    assert_dump_equal(ODD_DUMP, ref_dump(estargz_ref, blob, info["toc_digest"]),
+                      "estargz-ref dump of the hand-made tar")
 
 
-def test_holdfast_implicit_dirs(estargz_ref, holdfastctl, implicit_blobs, tmp_path):
-    tar, blob, info = implicit_blobs
-    assert_dump_equal(IMPLICIT_DUMP, hf_inspect(holdfastctl, blob, info["toc_digest"]),
-                      "holdfastctl inspect of a reference blob without directory entries")
+def test_holdfast_reads_reference_odd_tar(holdfastctl, odd_blobs):
+    _, blob, info = odd_blobs
+    assert_dump_equal(ODD_DUMP, hf_inspect(holdfastctl, blob, info["toc_digest"]),
+                      "holdfastctl inspect of the reference blob of the hand-made tar")
+
+
+def test_holdfast_converts_odd_tar(estargz_ref, holdfastctl, odd_blobs, tmp_path):
+    tar, _, _ = odd_blobs
     own = str(tmp_path / "hf.blob")
-    hinfo = parse_json_output(run([holdfastctl, "convert", tar, own, "--json"]),
-                              "holdfastctl convert --json")
-    assert_dump_equal(IMPLICIT_DUMP, ref_dump(estargz_ref, own, hinfo["toc_digest"]),
-                      "estargz-ref dump of a holdfast blob without directory entries")
-    assert_dump_equal(IMPLICIT_DUMP, hf_inspect(holdfastctl, own, hinfo["toc_digest"]),
-                      "holdfastctl inspect of its own blob without directory entries")
+    info = parse_json_output(run([holdfastctl, "convert", tar, own, "--json"]),
+                             "holdfastctl convert --json")
+    assert_dump_equal(ODD_DUMP, ref_dump(estargz_ref, own, info["toc_digest"]),
+                      "estargz-ref dump of the holdfast blob of the hand-made tar")
+    assert_dump_equal(ODD_DUMP, hf_inspect(holdfastctl, own, info["toc_digest"]),
+                      "holdfastctl inspect of its own blob of the hand-made tar")
+
+
+# Names that are not clean relative paths. The reference reads every TOC
+# name as path.Clean("/" + name) relative to the root, so it shows these
+# under their cleaned path. holdfast refuses such a TOC, naming the entry and
+# the problem (a TOC from a registry with "../up/f" is malformed or
+# hostile), and its converter writes the cleaned name instead, except for
+# "..", which it refuses too.
+UNCLEAN_NAMES = [
+    ("absolute", "/abs/f", ["abs", "abs/f"], "absolute path"),
+    ("double-slash", "dd//f", ["dd", "dd/f"], "empty path component"),
+    ("dot-component", "dc/./f", ["dc", "dc/f"], "'.' path component"),
+    ("dotdot-leading", "../up/f", ["up", "up/f"], "'..' path component"),
+    ("dotdot-inside", "in/../out/f", ["out", "out/f"], "'..' path component"),
+]
+
+
+@pytest.mark.parametrize("name,paths,why", [(n, p, w) for _, n, p, w in UNCLEAN_NAMES],
+                         ids=[i for i, _, _, _ in UNCLEAN_NAMES])
+def test_unclean_names(estargz_ref, holdfastctl, tmp_path, name, paths, why):
+    tar = str(tmp_path / "unclean.tar")
+    ti = tarfile.TarInfo(name)
+    ti.size, ti.mtime, ti.mode, ti.uid, ti.gid = 4, 1_600_000_000, 0o644, 0, 0
+    with tarfile.open(tar, "w", format=tarfile.PAX_FORMAT) as t:
+        t.addfile(ti, io.BytesIO(b"data"))
+    expected = [_dump_entry(p, "dir", 0o755) for p in paths[:-1]]
+    expected.append(_dump_entry(paths[-1], "reg", 0o644, 0, 0, 1_600_000_000, b"data"))
+    ref = str(tmp_path / "ref.blob")
+    info = parse_json_output(run([estargz_ref, "build", tar, ref]), "estargz-ref build")
+    assert_dump_equal(expected, ref_dump(estargz_ref, ref, info["toc_digest"]),
+                      "estargz-ref dump of TOC name %r" % name)
+
+    p = subprocess.run([holdfastctl, "inspect", "--json", "--toc-digest", info["toc_digest"], ref],
+                       capture_output=True, text=True)
+    assert p.returncode == 3, "holdfastctl inspect accepted TOC name %r: %s" % (name, p.stdout)
+    assert p.stdout == ""
+    assert why in p.stderr and name in p.stderr, p.stderr
+
+    own = str(tmp_path / "hf.blob")
+    c = subprocess.run([holdfastctl, "convert", tar, own, "--json"], capture_output=True)
+    if ".." in name.split("/"):
+        assert c.returncode == 3 and "'..' path component" in c.stderr.decode(), c.stderr
+        assert not os.path.exists(own)
+        return
+    hinfo = parse_json_output(c, "holdfastctl convert --json")
+    assert_dump_equal(expected, ref_dump(estargz_ref, own, hinfo["toc_digest"]),
+                      "estargz-ref dump of the holdfast blob with tar name %r" % name)
+    assert_dump_equal(expected, hf_inspect(holdfastctl, own, hinfo["toc_digest"]),
+                      "holdfastctl inspect of its own blob with tar name %r" % name)
 
 
 # --- corruption and wrong digests ------------------------------------------
@@ -405,6 +549,81 @@ def test_holdfast_cat_rejects_corrupt_chunk(holdfastctl, tree, corrupt_blob):
     with open(tree.path(rel), "rb") as f:
         want = f.read()
     assert want.startswith(p.stdout), "holdfastctl cat printed wrong bytes before failing"
+
+
+def _corrupt_keep_gzip_valid(src, dst, target):
+    """Copy blob `src` to `dst` changing one byte of the content of a chunk
+    of `target` while keeping that chunk's gzip member valid (its CRC32 is
+    recomputed), so that only the TOC's chunkDigest can tell. Works on
+    incompressible data, which deflate stores verbatim."""
+    toc, toc_digest = read_toc(src)
+    offsets = sorted(e["offset"] for e in toc["entries"] if e.get("offset"))
+    last, chunks = None, []
+    for e in toc["entries"]:
+        if e["type"] != "chunk":
+            last = os.path.normpath("/" + e["name"]).lstrip("/")
+        if last == target and e["type"] in ("reg", "chunk") and e.get("offset"):
+            chunks.append(e)
+    c = chunks[len(chunks) // 2]
+    start = c["offset"]
+    end = next(o for o in offsets if o > start)
+    with open(src, "rb") as f:
+        data = bytearray(f.read())
+    member = bytes(data[start:end])
+    assert member[:3] == b"\x1f\x8b\x08" and member[3] == 0, "unexpected gzip header flags"
+    deflate = member[10:-8]
+    want = zlib.decompress(deflate, -15)
+    for pos in range(len(deflate) // 2, len(deflate) - 16, 97):
+        bad = bytearray(deflate)
+        bad[pos] ^= 0x01
+        try:
+            got = zlib.decompress(bytes(bad), -15)
+        except zlib.error:
+            continue
+        if len(got) == len(want) and got != want:
+            break
+    else:
+        raise AssertionError("found no byte to flip in a stored deflate block")
+    trailer = struct.pack("<II", zlib.crc32(got), len(got) & 0xffffffff)
+    data[start + 10:end] = bytes(bad) + trailer
+    assert gzip.decompress(bytes(data[start:end])) == got
+    with open(dst, "wb") as f:
+        f.write(data)
+    return toc_digest
+
+
+@pytest.fixture(scope="module")
+def digest_corrupt_blob(ref_blob, tree, tmp_path_factory):
+    blob, _ = ref_blob(64 * KiB, False)
+    dst = str(tmp_path_factory.mktemp("corrupt") / "digest-corrupt.blob")
+    return dst, _corrupt_keep_gzip_valid(blob, dst, "big/4m"), "big/4m"
+
+
+def test_reference_rejects_chunk_digest_mismatch(estargz_ref, digest_corrupt_blob):
+    blob, toc_digest, _ = digest_corrupt_blob
+    p = run([estargz_ref, "dump", "--toc-digest", toc_digest, blob], check=False)
+    assert p.returncode != 0, "the corruption went unnoticed by the reference too"
+    assert b"digest" in p.stderr
+
+
+def test_holdfast_rejects_chunk_digest_mismatch(holdfastctl, tree, digest_corrupt_blob):
+    """Valid gzip, wrong content: only the chunk digest can catch it."""
+    blob, toc_digest, rel = digest_corrupt_blob
+    p = run([holdfastctl, "inspect", "--json", "--toc-digest", toc_digest, blob], check=False)
+    err = p.stderr.decode(errors="replace")
+    assert p.returncode != 0, "holdfastctl inspect accepted a chunk that does not match its digest"
+    assert re.search(r"digest|mismatch|verif", err, re.I), "error does not name the digest: %r" % err
+    expected = {e["path"]: e for e in tree.dump}
+    for line in p.stdout.decode(errors="replace").splitlines():
+        try:
+            e = json.loads(line)
+        except ValueError:
+            continue
+        assert e == expected.get(e.get("path")), "wrong entry printed: %s" % line
+    p = run([holdfastctl, "cat", "--toc-digest", toc_digest, blob, rel], check=False)
+    assert p.returncode != 0, "holdfastctl cat returned a chunk that does not match its digest"
+    with open(tree.path(rel), "rb") as f:
+        assert f.read().startswith(p.stdout), "holdfastctl cat printed wrong bytes before failing"
 
 
 def test_holdfast_rejects_wrong_toc_digest(holdfastctl, ref_blob):

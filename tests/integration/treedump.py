@@ -15,8 +15,9 @@ trailing slash. Every key is always present:
   mode      st_mode & 0o7777 (permissions plus setuid/setgid/sticky)
   uid, gid  numeric owner
   size      content length for "reg", else 0
-  mtime     unix seconds (rounded to the nearest second, as the reference
-            does)
+  mtime     unix seconds, rounded to the nearest second, halves up (the
+            reference stores seconds in the TOC, rounding sub-second tar
+            times this way)
   link      symlink target, else ""
   devmajor, devminor  for "char"/"block", else 0
   xattrs    {name: base64(value)}, sorted by name
@@ -64,10 +65,10 @@ KEYS = ("path", "type", "mode", "uid", "gid", "size", "mtime", "link",
 
 
 def _round_seconds(ns):
-    """Nanoseconds to seconds, half away from zero (Go's Time.Round)."""
-    if ns >= 0:
-        return (ns + 500_000_000) // 1_000_000_000
-    return -((-ns + 500_000_000) // 1_000_000_000)
+    """Nanoseconds to whole seconds the way the reference does it: Go's
+    Time.Round(time.Second), which rounds halves up (towards the future,
+    also before 1970: -1.5 s becomes -1 s)."""
+    return (ns + 500_000_000) // 1_000_000_000
 
 
 def _sha256_file(path):

@@ -3,7 +3,7 @@
 // packaged by Debian). holdfast's conformance tests use it to build blobs
 // that holdfast must read, and to read blobs that holdfast built.
 //
-//	estargz-ref build [--chunk-size N] [--prefetch LISTFILE] IN.tar OUT.blob
+//	estargz-ref build [--chunk-size N] [--prefetch LISTFILE] [--level L] IN.tar OUT.blob
 //	estargz-ref dump [--toc-digest D] BLOB
 //	estargz-ref toc BLOB
 //
@@ -39,7 +39,7 @@ const (
 
 func usage() {
 	fmt.Fprintf(os.Stderr, "usage:\n"+
-		"  estargz-ref build [--chunk-size N] [--prefetch LISTFILE] IN.tar OUT.blob\n"+
+		"  estargz-ref build [--chunk-size N] [--prefetch LISTFILE] [--level L] IN.tar OUT.blob\n"+
 		"  estargz-ref dump [--toc-digest D] BLOB\n"+
 		"  estargz-ref toc BLOB\n")
 	os.Exit(2)
@@ -90,6 +90,7 @@ func cmdBuild(args []string) error {
 	fs := flag.NewFlagSet("build", flag.ExitOnError)
 	chunkSize := fs.Int("chunk-size", 0, "chunk size in bytes (0: library default)")
 	prefetch := fs.String("prefetch", "", "file listing prioritized paths, one per line")
+	level := fs.Int("level", -1, "gzip compression level (-1: library default, best compression)")
 	fs.Parse(args)
 	if fs.NArg() != 2 {
 		usage()
@@ -106,6 +107,9 @@ func cmdBuild(args []string) error {
 	var opts []estargz.Option
 	if *chunkSize > 0 {
 		opts = append(opts, estargz.WithChunkSize(*chunkSize))
+	}
+	if *level >= 0 {
+		opts = append(opts, estargz.WithCompressionLevel(*level))
 	}
 	if *prefetch != "" {
 		list, err := readList(*prefetch)
