@@ -230,3 +230,34 @@ out:
         sha256_free(sha);
         return r;
 }
+
+int layer_new_from_image(ReadAtFn read_at, void *userdata, const Footer *footer, uint64_t blob_size,
+                         const uint8_t toc_digest[SHA256_LEN], Index *take_index, const LayerOptions *opts,
+                         Layer **ret, ErrMsg *err) {
+        static const LayerOptions defaults = {};
+        if (!opts)
+                opts = &defaults;
+        if (opts->expect_toc_digest && memcmp(opts->expect_toc_digest, toc_digest, SHA256_LEN) != 0) {
+                index_free(take_index);
+                return errmsg_set(err, -EBADMSG, "stored TOC digest does not match the expected one");
+        }
+        if (!opts->allow_unverified && take_index->n_unverified > 0) {
+                index_free(take_index);
+                return errmsg_set(err, -EBADMSG, "%zu chunks have no digest in the TOC, so they cannot be verified",
+                                  take_index->n_unverified);
+        }
+        Layer *l = calloc(1, sizeof(*l));
+        if (!l) {
+                index_free(take_index);
+                return -ENOMEM;
+        }
+        l->footer = *footer;
+        l->blob_size = blob_size;
+        memcpy(l->toc_digest, toc_digest, SHA256_LEN);
+        l->index = take_index;
+        l->verify = !opts->allow_unverified;
+        l->read_at = read_at;
+        l->userdata = userdata;
+        *ret = l;
+        return 0;
+}

@@ -54,3 +54,9 @@ int layer_read_file(Layer *l, ChunkDecoder *d, uint64_t ino, ChunkSinkFn sink, v
 
 /* ReadAtFn over a file descriptor (pread). userdata is an int* fd. */
 ssize_t fd_read_at(void *userdata, void *buf, size_t len, uint64_t off);
+
+/* Builds a Layer from metadata restored from the store (no TOC read):
+ * takes ownership of index (freed on failure too). */
+int layer_new_from_image(ReadAtFn read_at, void *userdata, const Footer *footer, uint64_t blob_size,
+                         const uint8_t toc_digest[SHA256_LEN], Index *take_index, const LayerOptions *opts,
+                         Layer **ret, ErrMsg *err);

@@ -1,0 +1,25 @@
+/* The worker's persistent metadata: a RocksDB database under
+ * ROOT/meta. Keys and values are opaque bytes here; layer records are
+ * LayerImage bytes (common/estargz/index-io.h) under "layer/<key>".
+ * RocksDB allows one writer process: the worker opens the store when it
+ * takes its mounts and closes it before it answers Drained.
+ * Thread-safe (RocksDB's own locking): any serving thread may call it. */
+#pragma once
+
+#include <stddef.h>
+
+#include "common/util/errmsg.h"
+
+typedef struct MetaStore MetaStore;
+
+/* Opens (creating) the database in dir. -EBUSY when another process holds
+ * it (RocksDB's LOCK). */
+int meta_store_open(const char *dir, MetaStore **ret, ErrMsg *err);
+/* Flushes and closes; NULL-safe; returns NULL. */
+MetaStore *meta_store_close(MetaStore *s);
+
+/* Stores a layer record (synced to the WAL before returning). */
+int meta_layer_put(MetaStore *s, const char *key, const void *val, size_t len, ErrMsg *err);
+/* Fetches a record into a malloc'd buffer. -ENOENT when absent. */
+int meta_layer_get(MetaStore *s, const char *key, void **ret_val, size_t *ret_len, ErrMsg *err);
+int meta_layer_delete(MetaStore *s, const char *key, ErrMsg *err);
