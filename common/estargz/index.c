@@ -36,6 +36,8 @@ typedef struct Node {
         uint32_t ino;       /* 0 until numbered */
         uint32_t first_chunk, n_chunks; /* into the chunk list built in pass 1 */
         uint8_t flags;
+        uint8_t type;       /* TocType; TOC_DIR for implicit directories (kept here so
+                             * that the tree walk does not chase TOC entries) */
 } Node;
 
 typedef struct Builder {
@@ -133,6 +135,7 @@ static int node_new(Builder *b, const char *path, uint32_t len, uint32_t parent,
                 .base = base,
                 .parent = parent,
                 .entry = entry,
+                .type = entry == INDEX_NONE ? TOC_DIR : b->toc->entries[entry].type,
                 .target = INDEX_NONE,
         };
         *ret = (uint32_t) b->n_nodes++;
@@ -186,7 +189,8 @@ static int clean_name(Builder *b, uint32_t ei, const char **ret, uint32_t *ret_l
 }
 
 static bool node_is_dir(const Builder *b, const Node *n) {
-        return (n->flags & NODE_IMPLICIT) || (n->entry != INDEX_NONE && b->toc->entries[n->entry].type == TOC_DIR);
+        (void) b;
+        return n->type == TOC_DIR;
 }
 
 /* Returns the node for a directory path, creating implicit ones. */
@@ -389,7 +393,7 @@ static int pass_links(Builder *b) {
         const Toc *t = b->toc;
         for (size_t i = 1; i < b->n_nodes; i++) {
                 Node *n = &b->nodes[i];
-                if (n->entry == INDEX_NONE || t->entries[n->entry].type != TOC_HARDLINK)
+                if (n->type != TOC_HARDLINK)
                         continue;
                 const TocEntry *e = &t->entries[n->entry];
                 /* Follow the chain of hardlinks; each step must name an existing
