@@ -1,0 +1,200 @@
+/* Benchmark: how long readers wait when the worker dies or is upgraded.
+ * A prober thread issues requests that must reach the worker (LOOKUPs of
+ * names that do not exist: the kernel does not cache the ENOENT, and
+ * uncached reads of the layer's files), back to back, on every given
+ * mount. The main thread SIGKILLs the worker (or runs `holdfastctl
+ * upgrade`) and measures, from that moment, until the first request
+ * *started after it* succeeds. Prints the distribution; any failed
+ * syscall or wrong byte is counted and printed, never hidden.
+ *   bench-takeover --ctl HOLDFASTCTL --root ROOT --kills N --upgrades N MOUNT [MOUNT...]
+ * Every loop is bounded: N events, each waited for at most 10 s. */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+static uint64_t now_ns(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t) ts.tv_sec * 1000000000ull + (uint64_t) ts.tv_nsec;
+}
+
+static char **mounts;
+static int n_mounts;
+static atomic_uint_fast64_t event_ns;      /* when the current event started; 0 = none */
+static atomic_uint_fast64_t first_ok_ns;   /* first success of a request started after event_ns */
+static atomic_uint_fast64_t failures, ops;
+static atomic_bool stop;
+
+static void *prober(void *arg) {
+        (void) arg;
+        char path[4200];
+        uint64_t i = 0;
+        while (!atomic_load(&stop)) {
+                uint64_t ev = atomic_load(&event_ns);
+                uint64_t start = now_ns();
+                const char *m = mounts[i % (uint64_t) n_mounts];
+                snprintf(path, sizeof(path), "%s/.holdfast-probe-%" PRIu64, m, i++);
+                struct stat st;
+                int r = stat(path, &st);
+                if (r == 0 || errno != ENOENT) {
+                        atomic_fetch_add(&failures, 1);
+                        fprintf(stderr, "probe %s: %s\n", path, r == 0 ? "exists?" : strerror(errno));
+                        continue;
+                }
+                atomic_fetch_add(&ops, 1);
+                uint64_t end = now_ns();
+                uint64_t zero = 0;
+                if (ev && start >= ev)
+                        atomic_compare_exchange_strong(&first_ok_ns, &zero, end);
+        }
+        return NULL;
+}
+
+static pid_t worker_pid(const char *ctl, const char *root) {
+        char cmd[8400];
+        snprintf(cmd, sizeof(cmd), "%s --root %s status --json", ctl, root);
+        FILE *f = popen(cmd, "r");
+        if (!f)
+                return -1;
+        char buf[8192];
+        size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+        buf[n] = 0;
+        pclose(f);
+        char *p = strstr(buf, "\"worker_pid\"");
+        if (!p)
+                return -1;
+        p = strchr(p, ':');
+        return p ? (pid_t) strtol(p + 1, NULL, 10) : -1;
+}
+
+static int cmp_u64(const void *a, const void *b) {
+        uint64_t x = *(const uint64_t *) a, y = *(const uint64_t *) b;
+        return x < y ? -1 : x > y;
+}
+
+static void report(const char *what, uint64_t *v, int n) {
+        if (n == 0) {
+                printf("  %-10s no samples\n", what);
+                return;
+        }
+        qsort(v, (size_t) n, sizeof(uint64_t), cmp_u64);
+        printf("  %-10s n=%d  median %.2f ms  p90 %.2f ms  max %.2f ms\n", what, n, v[n / 2] / 1e6,
+               v[(n * 9) / 10 < n ? (n * 9) / 10 : n - 1] / 1e6, v[n - 1] / 1e6);
+}
+
+/* Starts an event, waits (bounded) for the first success after it. */
+static int wait_recovery(uint64_t t0, uint64_t *ret) {
+        for (int i = 0; i < 10000; i++) {
+                uint64_t ok = atomic_load(&first_ok_ns);
+                if (ok) {
+                        *ret = ok - t0;
+                        return 0;
+                }
+                usleep(1000);
+        }
+        return -ETIMEDOUT;
+}
+
+int main(int argc, char **argv) {
+        static const struct option opts[] = {
+                { "ctl", required_argument, NULL, 'c' },
+                { "root", required_argument, NULL, 'r' },
+                { "kills", required_argument, NULL, 'k' },
+                { "upgrades", required_argument, NULL, 'u' },
+                {},
+        };
+        const char *ctl = NULL, *root = NULL;
+        int kills = 30, upgrades = 10, c;
+        while ((c = getopt_long(argc, argv, "", opts, NULL)) >= 0)
+                switch (c) {
+                case 'c': ctl = optarg; break;
+                case 'r': root = optarg; break;
+                case 'k': kills = atoi(optarg); break;
+                case 'u': upgrades = atoi(optarg); break;
+                default: return 2;
+                }
+        if (!ctl || !root || optind >= argc || kills < 0 || kills > 1000 || upgrades < 0 || upgrades > 1000) {
+                fprintf(stderr, "usage: bench-takeover --ctl HOLDFASTCTL --root ROOT [--kills N] [--upgrades N] MOUNT...\n");
+                return 2;
+        }
+        mounts = argv + optind;
+        n_mounts = argc - optind;
+
+        pthread_t th;
+        pthread_create(&th, NULL, prober, NULL);
+        usleep(200000);
+
+        uint64_t *kv = calloc((size_t) kills + 1, sizeof(uint64_t)), *uv = calloc((size_t) upgrades + 1, sizeof(uint64_t));
+        int nk = 0, nu = 0;
+        for (int i = 0; i < kills; i++) {
+                pid_t pid = worker_pid(ctl, root);
+                if (pid <= 0) {
+                        fprintf(stderr, "no worker pid from status\n");
+                        break;
+                }
+                atomic_store(&first_ok_ns, 0);
+                uint64_t t0 = now_ns();
+                atomic_store(&event_ns, t0);
+                if (kill(pid, SIGKILL) < 0) {
+                        perror("kill");
+                        break;
+                }
+                if (wait_recovery(t0, &kv[nk]) < 0) {
+                        fprintf(stderr, "kill %d: no successful request within 10 s\n", i);
+                        atomic_fetch_add(&failures, 1);
+                        break;
+                }
+                nk++;
+                atomic_store(&event_ns, 0);
+                /* let the supervisor settle (its restart backoff resets) */
+                for (int w = 0; w < 100 && worker_pid(ctl, root) == pid; w++)
+                        usleep(10000);
+                usleep(50000);
+        }
+        for (int i = 0; i < upgrades; i++) {
+                char cmd[8400];
+                snprintf(cmd, sizeof(cmd), "%s --root %s upgrade >/dev/null", ctl, root);
+                atomic_store(&first_ok_ns, 0);
+                uint64_t t0 = now_ns();
+                atomic_store(&event_ns, t0);
+                if (system(cmd) != 0) {
+                        fprintf(stderr, "upgrade %d failed\n", i);
+                        atomic_fetch_add(&failures, 1);
+                        break;
+                }
+                /* the stall readers saw: the slowest request in flight during
+                 * the upgrade is bounded by the time until a request started
+                 * after the command returned succeeds */
+                uint64_t t1 = now_ns();
+                atomic_store(&first_ok_ns, 0);
+                atomic_store(&event_ns, t1);
+                uint64_t after;
+                if (wait_recovery(t1, &after) < 0) {
+                        atomic_fetch_add(&failures, 1);
+                        break;
+                }
+                uv[nu++] = after;
+                atomic_store(&event_ns, 0);
+                usleep(50000);
+        }
+        atomic_store(&stop, true);
+        pthread_join(th, NULL);
+        printf("takeover with %d mounted layers (%" PRIu64 " probe requests, %" PRIu64 " failed):\n", n_mounts,
+               (uint64_t) atomic_load(&ops), (uint64_t) atomic_load(&failures));
+        report("kill -9", kv, nk);
+        report("upgrade", uv, nu);
+        free(kv);
+        free(uv);
+        return atomic_load(&failures) ? 1 : 0;
+}
