@@ -21,6 +21,13 @@ struct ChunkDecoder {
         bool z_init;
         ZSTD_DCtx *zctx;   /* owned */
         uint8_t *scratch;  /* owned: discarded bytes (inner offsets) */
+        uint8_t *slot;     /* owned: the remembered decoded chunk */
+        size_t slot_cap;
+        bool slot_valid;
+        uint64_t slot_layer;
+        size_t slot_chunk;
+        uint8_t *input;    /* owned: compressed bytes */
+        size_t input_cap;
 };
 
 #define SCRATCH (64u << 10)
@@ -51,8 +58,40 @@ ChunkDecoder *chunk_decoder_free(ChunkDecoder *d) {
                 inflateEnd(&d->z);
         ZSTD_freeDCtx(d->zctx);
         free(d->scratch);
+        free(d->slot);
+        free(d->input);
         free(d);
         return NULL;
+}
+
+const uint8_t *chunk_decoder_cached(ChunkDecoder *d, uint64_t layer_id, size_t chunk) {
+        return d->slot_valid && d->slot_layer == layer_id && d->slot_chunk == chunk ? d->slot : NULL;
+}
+
+static uint8_t *grow(uint8_t **buf, size_t *cap, size_t size) {
+        if (size > *cap) {
+                uint8_t *p = realloc(*buf, size);
+                if (!p)
+                        return NULL;
+                *buf = p;
+                *cap = size;
+        }
+        return *buf ? *buf : (*buf = malloc(1));
+}
+
+uint8_t *chunk_decoder_slot(ChunkDecoder *d, size_t size) {
+        d->slot_valid = false;
+        return grow(&d->slot, &d->slot_cap, size);
+}
+
+void chunk_decoder_remember(ChunkDecoder *d, uint64_t layer_id, size_t chunk) {
+        d->slot_valid = true;
+        d->slot_layer = layer_id;
+        d->slot_chunk = chunk;
+}
+
+uint8_t *chunk_decoder_input(ChunkDecoder *d, size_t size) {
+        return grow(&d->input, &d->input_cap, size);
 }
 
 /* Inflates until `want` bytes went to out (after discarding `skip`),

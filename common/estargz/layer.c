@@ -12,6 +12,11 @@
 
 #include "common/util/macro.h"
 
+static uint64_t next_layer_id(void) {
+        static uint64_t counter;
+        return __atomic_add_fetch(&counter, 1, __ATOMIC_RELAXED);
+}
+
 ssize_t fd_read_at(void *userdata, void *buf, size_t len, uint64_t off) {
         int fd = *(int *) userdata;
         for (;;) {
@@ -66,6 +71,7 @@ int layer_open(ReadAtFn read_at, void *userdata, uint64_t blob_size, const Layer
         l = calloc(1, sizeof(*l));
         if (!l)
                 return -ENOMEM;
+        l->id = next_layer_id();
         l->read_at = read_at;
         l->userdata = userdata;
         l->blob_size = blob_size;
@@ -146,6 +152,31 @@ static int read_chunk(Layer *l, ChunkDecoder *d, size_t ci, uint8_t *out, uint8_
         return chunk_decode(d, l->footer.format, l->index, c, *comp_buf, (size_t) clen, out, l->verify, err);
 }
 
+/* The verified bytes of chunk ci: the decoder's remembered chunk, or
+ * fetched and decoded into its slot. */
+static const uint8_t *chunk_bytes(Layer *l, ChunkDecoder *d, size_t ci, ErrMsg *err, int *ret_r) {
+        const uint8_t *p = chunk_decoder_cached(d, l->id, ci);
+        if (p)
+                return p;
+        const IndexChunk *c = &l->index->chunks[ci];
+        uint64_t clen = c->blob_end - c->blob_offset;
+        uint8_t *out = chunk_decoder_slot(d, (size_t) c->size);
+        uint8_t *in = clen <= SIZE_MAX / 2 ? chunk_decoder_input(d, (size_t) clen) : NULL;
+        if (!out || !in) {
+                *ret_r = -ENOMEM;
+                return NULL;
+        }
+        int r = read_exact(l, in, (size_t) clen, c->blob_offset, err);
+        if (r >= 0)
+                r = chunk_decode(d, l->footer.format, l->index, c, in, (size_t) clen, out, l->verify, err);
+        if (r < 0) {
+                *ret_r = r;
+                return NULL;
+        }
+        chunk_decoder_remember(d, l->id, ci);
+        return out;
+}
+
 ssize_t layer_read(Layer *l, ChunkDecoder *d, uint64_t ino, uint64_t off, size_t len, void *buf, ErrMsg *err) {
         const IndexInode *in = index_inode(l->index, ino);
         if (!in)
@@ -156,25 +187,17 @@ ssize_t layer_read(Layer *l, ChunkDecoder *d, uint64_t ino, uint64_t off, size_t
                 return 0;
         len = (size_t) MIN((uint64_t) len, in->size - off);
 
-        _cleanup_free_ uint8_t *comp = NULL, *plain = NULL;
-        size_t comp_cap = 0, plain_cap = 0, done = 0;
+        size_t done = 0;
         int64_t ci = index_chunk_find(l->index, ino, off);
         if (ci < 0)
                 return errmsg_set(err, (int) ci, "inode %" PRIu64 ": no chunk at %" PRIu64, ino, off);
         while (done < len) {
                 const IndexChunk *c = &l->index->chunks[ci];
-                if (plain_cap < c->size) {
-                        uint8_t *p = realloc(plain, (size_t) c->size);
-                        if (!p)
-                                return -ENOMEM;
-                        plain = p;
-                        plain_cap = (size_t) c->size;
-                }
-                int r = read_chunk(l, d, (size_t) ci, plain, &comp, &comp_cap, err);
-                if (r < 0)
+                int r = 0;
+                const uint8_t *plain = chunk_bytes(l, d, (size_t) ci, err, &r);
+                if (!plain)
                         return r;
-                uint64_t pos = off + done;
-                uint64_t in_chunk = pos - c->file_offset;
+                uint64_t in_chunk = off + done - c->file_offset;
                 size_t n = (size_t) MIN((uint64_t) (len - done), c->size - in_chunk);
                 memcpy((uint8_t *) buf + done, plain + in_chunk, n);
                 done += n;
@@ -251,6 +274,7 @@ int layer_new_from_image(ReadAtFn read_at, void *userdata, const Footer *footer,
                 index_free(take_index);
                 return -ENOMEM;
         }
+        l->id = next_layer_id();
         l->footer = *footer;
         l->blob_size = blob_size;
         memcpy(l->toc_digest, toc_digest, SHA256_LEN);

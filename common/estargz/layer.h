@@ -26,6 +26,7 @@ typedef struct LayerOptions {
 } LayerOptions;
 
 typedef struct Layer {
+        uint64_t id;         /* unique in this process, never reused */
         Footer footer;
         uint64_t blob_size;
         uint8_t toc_digest[SHA256_LEN];

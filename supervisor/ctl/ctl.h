@@ -29,6 +29,19 @@ void help_verify(void);
 int cmd_cat(int argc, char **argv);
 void help_cat(void);
 
+int cmd_status(int argc, char **argv);
+void help_status(void);
+int cmd_mounts(int argc, char **argv);
+void help_mounts(void);
+int cmd_mount(int argc, char **argv);
+void help_mount(void);
+int cmd_umount(int argc, char **argv);
+void help_umount(void);
+int cmd_upgrade(int argc, char **argv);
+void help_upgrade(void);
+int cmd_restart(int argc, char **argv);
+void help_restart(void);
+
 /* "4194304", "64k", "4M", "4MiB", "1G" -> bytes. -EINVAL when malformed. */
 int parse_size(const char *s, uint64_t *ret);
 

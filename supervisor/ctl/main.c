@@ -7,12 +7,19 @@
 
 #include "common/util/macro.h"
 #include "supervisor/ctl/ctl.h"
+#include "supervisor/ctl/daemon-client.h"
 
 static const CtlCommand commands[] = {
         { "convert", "turn a layer tar into an eStargz blob", cmd_convert, help_convert },
         { "inspect", "list the files of an eStargz blob", cmd_inspect, help_inspect },
         { "verify", "check every chunk and file of an eStargz blob", cmd_verify, help_verify },
         { "cat", "write one file of an eStargz blob to stdout", cmd_cat, help_cat },
+        { "status", "show the supervisor, its worker and the mounts", cmd_status, help_status },
+        { "mounts", "list the mounts", cmd_mounts, help_mounts },
+        { "mount", "mount an eStargz blob", cmd_mount, help_mount },
+        { "umount", "unmount a holdfast mount", cmd_umount, help_umount },
+        { "upgrade", "replace the worker (or the supervisor) keeping the mounts", cmd_upgrade, help_upgrade },
+        { "restart", "replace the worker with a fresh one", cmd_restart, help_restart },
 };
 
 void ctl_error(const char *fmt, ...) {
@@ -53,11 +60,15 @@ int parse_size(const char *s, uint64_t *ret) {
 
 static void help(FILE *f) {
         fprintf(f,
-"Usage: holdfastctl COMMAND [OPTIONS] [ARGS]\n"
+"Usage: holdfastctl [--root DIR] COMMAND [OPTIONS] [ARGS]\n"
 "\n"
 "holdfast serves container image layers in the eStargz format lazily over\n"
-"FUSE. holdfastctl converts and checks layers; the daemon commands (status,\n"
-"mount, upgrade, ...) arrive with holdfast-supervisor.\n"
+"FUSE. holdfastctl converts and checks layers (convert, inspect, verify,\n"
+"cat) and drives holdfast-supervisor (status, mounts, mount, umount,\n"
+"upgrade, restart) through DIR/supervisor.sock.\n"
+"\n"
+"Global options:\n"
+"  --root DIR  the supervisor's state directory (default " DEFAULT_ROOT ")\n"
 "\n"
 "Commands:\n");
         for (size_t i = 0; i < ELEMENTSOF(commands); i++)
@@ -68,13 +79,33 @@ static void help(FILE *f) {
 "\n"
 "Exit status:\n"
 "  0  success\n"
-"  1  the operation failed (I/O error, out of space, ...)\n"
+"  1  the operation failed (I/O error, out of space, the supervisor refused\n"
+"     the request or cannot be reached, ...)\n"
 "  2  bad command line\n"
 "  3  the input is malformed or does not verify (bad footer or TOC, digest\n"
 "     mismatch, corrupt data)\n");
 }
 
 int main(int argc, char **argv) {
+        while (argc >= 2 && (strcmp(argv[1], "--root") == 0 || strncmp(argv[1], "--root=", 7) == 0)) {
+                if (argv[1][6] == '=')
+                        ctl_root = argv[1] + 7;
+                else if (argc >= 3) {
+                        ctl_root = argv[2];
+                        argc--;
+                        argv++;
+                } else {
+                        ctl_error("--root needs a directory");
+                        return CTL_EXIT_USAGE;
+                }
+                argc--;
+                argv++;
+                argv[0] = (char *) "holdfastctl";
+        }
+        if (!ctl_root[0]) {
+                ctl_error("--root needs a directory");
+                return CTL_EXIT_USAGE;
+        }
         if (argc < 2) {
                 help(stderr);
                 return CTL_EXIT_USAGE;

@@ -1,0 +1,25 @@
+/* holdfastctl's side of the control socket: connect to ROOT/supervisor.sock,
+ * send one CtlRequest, collect the MountInfos and the CtlReply. No state;
+ * never prints. */
+#pragma once
+
+#include <stddef.h>
+
+#include "holdfast.pb.h"
+
+#define DEFAULT_ROOT "/var/lib/holdfast"
+
+/* Root given with the global --root option (default DEFAULT_ROOT). */
+extern const char *ctl_root;
+
+typedef struct DaemonReply {
+        holdfast_CtlReply reply;
+        holdfast_MountInfo *mounts;   /* owned; n_mounts of them */
+        size_t n_mounts;
+} DaemonReply;
+
+/* Returns 0 (the supervisor's own error is in ret->reply.error), or -errno
+ * when the supervisor cannot be reached or answered nonsense; then
+ * *ret_what says which step failed ("connect", "send", "receive"). */
+int daemon_call(const holdfast_CtlRequest *req, DaemonReply *ret, const char **ret_what);
+void daemon_reply_done(DaemonReply *r);

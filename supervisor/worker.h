@@ -1,0 +1,67 @@
+/* One holdfast-worker process and our end of its socket: spawning it,
+ * watching it with a pidfd, and the supervisor's half of the worker
+ * protocol (docs/design.md, "The worker protocol"). Messages that arrive
+ * out of order or out of range get the worker SIGKILLed; the supervisor
+ * hears about it through supervisor_on_worker_exit() like any death.
+ * Runs on the supervisor's loop; no thread safety. */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include "supervisor/uv-base.h"
+
+#include "common/util/errmsg.h"
+
+typedef struct Supervisor Supervisor;
+typedef struct Mount Mount;
+
+typedef enum WorkerState {
+        WORKER_SPAWNED,   /* waiting for WorkerReady */
+        WORKER_READY,     /* WorkerReady came; nothing sent yet */
+        WORKER_STARTING,  /* WorkerStart..WorkerGo sent; MountStatus pending */
+        WORKER_SERVING,
+        WORKER_DRAINING,  /* Drain sent; waiting for its exit */
+        WORKER_EXITED,    /* reaped; handles closing */
+} WorkerState;
+
+typedef struct Worker {
+        Supervisor *sup;
+        pid_t pid;
+        int pidfd;                /* owned */
+        int sock;                 /* owned; our end of the socketpair */
+        uv_poll_t pid_poll;       /* readable when the process exited */
+        uv_poll_t sock_poll;
+        uv_timer_t timer;         /* WorkerReady / Drained deadlines */
+        unsigned open_handles;    /* freed when the last uv_close callback ran */
+        bool sock_polling;
+        bool sock_closed;         /* EOF seen; exit expected within 1 s */
+
+        WorkerState state;
+        uint64_t generation;
+        size_t pending;           /* start-sequence mounts without MountStatus */
+        bool asked_to_exit;       /* Drain or our SIGKILL: not a crash */
+        bool misbehaved;
+        uint64_t spawned_ms;
+        uint64_t serving_ms;      /* 0 until SERVING */
+        int wait_status;          /* si_code/si_status after reaping, for logs */
+        char exit_text[64];
+} Worker;
+
+const char *worker_state_to_string(WorkerState st);
+
+int worker_spawn(Supervisor *s, const char *path, uint64_t generation, Worker **ret, ErrMsg *err);
+/* Re-adopts a worker after the supervisor re-executed itself. */
+int worker_adopt(Supervisor *s, pid_t pid, int take_pidfd, int take_sock, uint64_t generation,
+                 uint64_t serving_ms, Worker **ret);
+
+/* WorkerStart, every mount with its fd, WorkerGo. READY -> STARTING (or
+ * SERVING with no mounts). */
+int worker_start(Worker *w);
+int worker_send_mount(Worker *w, Mount *m);
+int worker_send_unmount(Worker *w, uint64_t id);
+/* Sends Drain, arms the SIGKILL deadline. */
+int worker_drain(Worker *w, uint64_t timeout_ms);
+void worker_kill(Worker *w, const char *why);
+/* After supervisor_on_worker_exit(): closes the handles, frees. */
+void worker_free(Worker *w);

@@ -1,0 +1,353 @@
+"""Helpers for tests of holdfast-supervisor with the real holdfast-worker.
+
+A SupervisorProc is one `holdfast-supervisor --root ROOT` started by a test.
+Its cleanup (run by the fixtures even when a test fails) stops it with
+SIGTERM (then SIGKILL), kills any worker it left behind (only pids this
+helper saw as that supervisor's workers, checked against /proc first),
+lazily unmounts every mountpoint the test used and removes its directories.
+
+Also: raw access to the control socket (a minimal protobuf encoder/decoder
+for the few fields the tests need, so that no protobuf package is needed)
+and reading the supervisor's open fds.
+
+Environment (meson sets all three):
+  HOLDFASTCTL          build/supervisor/ctl/holdfastctl
+  HOLDFAST_SUPERVISOR  build/supervisor/holdfast-supervisor
+  HOLDFAST_WORKER      build/worker/holdfast-worker
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+BUILD = os.path.normpath(os.path.join(HERE, "..", "..", "build"))
+
+
+def tool(env, default):
+    return os.environ.get(env) or os.path.join(BUILD, default)
+
+
+def holdfastctl_path():
+    return tool("HOLDFASTCTL", "supervisor/ctl/holdfastctl")
+
+
+def supervisor_path():
+    return tool("HOLDFAST_SUPERVISOR", "supervisor/holdfast-supervisor")
+
+
+def worker_path():
+    return tool("HOLDFAST_WORKER", "worker/holdfast-worker")
+
+
+def mounted_paths():
+    out = set()
+    with open("/proc/self/mountinfo", "rb") as f:
+        for line in f:
+            mp = line.split(b" ")[4].decode("unicode_escape").encode("latin-1").decode("utf-8", "surrogateescape")
+            out.add(mp)
+    return out
+
+
+def canon(path):
+    """realpath() of a mountpoint without touching the mount itself: a
+    stat of a FUSE mount nobody serves would block."""
+    return os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
+
+
+def lazy_umount(path):
+    subprocess.run(["umount", "-l", path], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def proc_fds(pid):
+    """{fd: target} of a process."""
+    out = {}
+    d = "/proc/%d/fd" % pid
+    for name in os.listdir(d):
+        try:
+            out[int(name)] = os.readlink(os.path.join(d, name))
+        except OSError:
+            pass
+    return out
+
+
+def fd_kinds(fds):
+    """Sorted targets with inode numbers dropped: fd numbers and socket
+    inodes change when workers are replaced and across a re-exec, the
+    multiset of what is open must not."""
+    import re
+    return sorted(re.sub(r"\[\d+\]", "[]", t) for t in fds.values())
+
+
+def ppid_of(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def cmdline_of(pid):
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            return f.read().split(b"\0")
+    except OSError:
+        return []
+
+
+# --- protobuf, just enough for Envelope/CtlRequest/CtlReply ---------------
+
+def _varint(n):
+    n &= (1 << 64) - 1
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def pb_field(num, value):
+    if isinstance(value, int):
+        return _varint(num << 3) + _varint(value)
+    if isinstance(value, str):
+        value = value.encode()
+    return _varint((num << 3) | 2) + _varint(len(value)) + value
+
+
+def pb_parse(buf):
+    """[(field, value)] with varints as ints and length-delimited as bytes."""
+    out, i = [], 0
+    while i < len(buf):
+        key, i = _read_varint(buf, i)
+        num, wt = key >> 3, key & 7
+        if wt == 0:
+            v, i = _read_varint(buf, i)
+        elif wt == 2:
+            n, i = _read_varint(buf, i)
+            v, i = buf[i:i + n], i + n
+        elif wt == 1:
+            v, i = buf[i:i + 8], i + 8
+        elif wt == 5:
+            v, i = buf[i:i + 4], i + 4
+        else:
+            raise ValueError("wire type %d" % wt)
+        out.append((num, v))
+    return out
+
+
+def _read_varint(buf, i):
+    n = shift = 0
+    while True:
+        b = buf[i]
+        i += 1
+        n |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return n, i
+
+
+OP = {"STATUS": 0, "MOUNT": 1, "UMOUNT": 2, "UPGRADE": 3, "RESTART": 4, "REEXEC": 5}
+
+
+def ctl_request(op, source=None, mountpoint=None, worker_path=None, version=1):
+    req = pb_field(1, op)
+    if source is not None:
+        req += pb_field(2, source)
+    if mountpoint is not None:
+        req += pb_field(3, mountpoint)
+    if worker_path is not None:
+        req += pb_field(4, worker_path)
+    return pb_field(1, version) + pb_field(10, req)
+
+
+def parse_reply(datagram):
+    """(error, message) of a CtlReply datagram, or None for anything else."""
+    for num, v in pb_parse(datagram):
+        if num == 11:
+            error, message = 0, ""
+            for f, x in pb_parse(v):
+                if f == 1:
+                    error = x - (1 << 64) if x >= 1 << 63 else x
+                elif f == 2:
+                    message = x.decode(errors="replace")
+            return error, message
+    return None
+
+
+class SupervisorProc:
+    def __init__(self, base, extra_args=(), worker=None):
+        self.base = base
+        self.root = tempfile.mkdtemp(prefix="root-", dir=base)
+        self.log_path = os.path.join(base, "supervisor-%s.log" % os.path.basename(self.root))
+        self.worker = worker or worker_path()
+        self.extra_args = list(extra_args)
+        self.proc = None
+        self.worker_pids = set()
+        self.mountpoints = []
+        self.sock = os.path.join(self.root, "supervisor.sock")
+
+    def start(self, timeout=20):
+        cmd = [supervisor_path(), "--root", self.root, "--worker", self.worker] + self.extra_args
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError("supervisor exited %s:\n%s" % (self.proc.returncode, self.log()))
+            if os.path.exists(self.sock):
+                st = self.status()
+                if st["worker_pid"] and "serving" in st["state"]:
+                    return self
+            time.sleep(0.02)
+        raise AssertionError("supervisor did not come up; log:\n" + self.log())
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def log(self):
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def ctl(self, *args, check=True, timeout=120):
+        p = subprocess.run([holdfastctl_path(), "--root", self.root] + list(args), stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, timeout=timeout)
+        out, err = p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace")
+        if check and p.returncode != 0:
+            raise AssertionError("holdfastctl %s: exit %d: %s%s\nsupervisor log tail:\n%s"
+                                 % (" ".join(args), p.returncode, out, err, self.log()[-3000:]))
+        return p.returncode, out, err
+
+    def status(self):
+        _, out, _ = self.ctl("status", "--json")
+        st = json.loads(out)
+        if st["worker_pid"]:
+            self.worker_pids.add(st["worker_pid"])
+        return st
+
+    def wait_served(self, timeout=30):
+        deadline = time.monotonic() + timeout
+        while True:
+            st = self.status()
+            if st["worker_pid"] and "serving" in st["state"] and all(m["served"] for m in st["mounts"]):
+                return st
+            if time.monotonic() > deadline:
+                raise AssertionError("not served after %ds: %r\n%s" % (timeout, st, self.log()[-3000:]))
+            time.sleep(0.02)
+
+    def new_mountpoint(self):
+        mp = tempfile.mkdtemp(prefix="mnt-", dir=self.base)
+        self.mountpoints.append(mp)
+        return mp
+
+    def mount(self, blob, mp=None):
+        mp = mp or self.new_mountpoint()
+        self.ctl("mount", blob, mp)
+        return mp
+
+    def fds(self):
+        return proc_fds(self.pid)
+
+    def raw(self, datagrams, fd=None, expect_reply=True):
+        """Sends datagrams on a fresh control connection; returns the
+        replies (error, message) received until the supervisor hangs up or
+        stops sending for a second."""
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            s.connect(self.sock)
+            s.settimeout(5)
+            for d in datagrams:
+                if fd is not None:
+                    s.sendmsg([d], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, bytes(memoryview(
+                        __import__("array").array("i", [fd]))))])
+                else:
+                    s.send(d)
+            replies = []
+            if expect_reply:
+                s.settimeout(2)
+                while True:
+                    try:
+                        d = s.recv(65536)
+                    except (socket.timeout, ConnectionResetError):
+                        break
+                    if not d:
+                        break
+                    r = parse_reply(d)
+                    if r is not None:
+                        replies.append(r)
+                        if len(replies) >= len(datagrams):
+                            break
+            return replies
+        finally:
+            s.close()
+
+    def kill_worker(self):
+        """SIGKILLs the current worker if it is really this supervisor's child."""
+        st = self.status()
+        pid = st["worker_pid"]
+        if pid and ppid_of(pid) == self.pid:
+            os.kill(pid, signal.SIGKILL)
+            return pid
+        return None
+
+    def stop(self, timeout=20):
+        """SIGTERM and wait; returns the exit code (None: had to SIGKILL)."""
+        if self.proc is None:
+            return None
+        rc = self.proc.poll()
+        if rc is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                rc = self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                rc = None
+        return rc
+
+    def cleanup(self):
+        self.stop()
+        root_arg = self.root.encode()
+        for pid in self.worker_pids:
+            cl = cmdline_of(pid)
+            if cl and cl[0].endswith(b"holdfast-worker") and root_arg in cl:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        mounted = mounted_paths()
+        for mp in self.mountpoints:
+            if canon(mp) in mounted:
+                lazy_umount(mp)
+            try:
+                os.rmdir(mp)
+            except OSError:
+                pass
+
+
+class Supervisors:
+    """Fixture object: starts supervisors, cleans up every one."""
+
+    def __init__(self, base):
+        self.base = base
+        self.all = []
+
+    def start(self, extra_args=(), worker=None):
+        s = SupervisorProc(self.base, extra_args, worker)
+        self.all.append(s)
+        return s.start()
+
+    def cleanup(self):
+        for s in reversed(self.all):
+            s.cleanup()

@@ -1,0 +1,276 @@
+/* FuseServer: the epoll set, the serving threads and the table of
+ * sessions. Each fd is registered EPOLLONESHOT: the thread that gets the
+ * event reads one request, re-arms the fd and then handles the request,
+ * so several threads handle one connection's requests in parallel while
+ * only one reads at a time and no thread wakes up for nothing. Epoll
+ * events carry a session key, not a pointer: a thread looks the key up
+ * in the table and takes a reference, so a session removed meanwhile is
+ * simply not found. Key 0 is the stop eventfd, which is never read: once
+ * written it wakes every thread until they all have exited.
+ *
+ * Threads: the main thread calls the fuse_server_* functions; serving
+ * threads run serve_thread(). */
+#include "worker/fuse/server.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include "common/util/macro.h"
+#include "worker/fuse/ops.h"
+#include "worker/util/log.h"
+
+#define STOP_KEY 0
+
+struct FuseServer {
+        FuseServerConfig cfg;
+        int epfd;                /* owned */
+        int stopfd;              /* owned; eventfd */
+        bool stopping;           /* atomic */
+        pthread_t *threads;      /* owned */
+        unsigned n_started;
+        FuseDispatchHooks hooks;
+
+        pthread_mutex_t lock;
+        FuseSession **sessions;  /* protected by lock; each holds a reference */
+        size_t n_sessions, cap_sessions; /* protected by lock */
+        uint64_t next_key;       /* protected by lock */
+};
+
+static void on_session_init(void *userdata, FuseSession *s) {
+        FuseServer *srv = userdata;
+        if (srv->cfg.on_init)
+                srv->cfg.on_init(srv->cfg.userdata, s->id, &s->params);
+}
+
+int fuse_server_new(const FuseServerConfig *cfg, FuseServer **ret) {
+        FuseServer *srv = calloc(1, sizeof(*srv));
+        if (!srv)
+                return -ENOMEM;
+        srv->cfg = *cfg;
+        if (srv->cfg.n_threads == 0)
+                srv->cfg.n_threads = 4;
+        srv->epfd = srv->stopfd = -EBADF;
+        srv->next_key = 1;
+        pthread_mutex_init(&srv->lock, NULL);
+        srv->hooks = (FuseDispatchHooks) { .on_init = on_session_init, .userdata = srv };
+        int r;
+        srv->epfd = epoll_create1(EPOLL_CLOEXEC);
+        if (srv->epfd < 0) {
+                r = -errno;
+                goto fail;
+        }
+        srv->stopfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (srv->stopfd < 0) {
+                r = -errno;
+                goto fail;
+        }
+        struct epoll_event ev = { .events = EPOLLIN, .data.u64 = STOP_KEY };
+        if (epoll_ctl(srv->epfd, EPOLL_CTL_ADD, srv->stopfd, &ev) < 0) {
+                r = -errno;
+                goto fail;
+        }
+        *ret = srv;
+        return 0;
+fail:
+        fuse_server_free(srv);
+        return r;
+}
+
+FuseServer *fuse_server_free(FuseServer *srv) {
+        if (!srv)
+                return NULL;
+        fuse_server_stop(srv);
+        for (size_t i = 0; i < srv->n_sessions; i++)
+                fuse_session_unref(srv->sessions[i]);
+        free(srv->sessions);
+        free(srv->threads);
+        if (srv->epfd >= 0)
+                close(srv->epfd);
+        if (srv->stopfd >= 0)
+                close(srv->stopfd);
+        pthread_mutex_destroy(&srv->lock);
+        free(srv);
+        return NULL;
+}
+
+static ssize_t find_locked(FuseServer *srv, uint64_t key, uint64_t id, bool by_id) {
+        for (size_t i = 0; i < srv->n_sessions; i++)
+                if (by_id ? srv->sessions[i]->id == id : srv->sessions[i]->key == key)
+                        return (ssize_t) i;
+        return -1;
+}
+
+int fuse_server_add(FuseServer *srv, uint64_t id, int take_fd, const char *source, const FuseParams *params,
+                    Layer *layer, void *layer_handle) {
+        _cleanup_close_ int fd = take_fd;
+        int r;
+        pthread_mutex_lock(&srv->lock);
+        if (find_locked(srv, 0, id, true) >= 0) {
+                r = -EEXIST;
+                goto out_unlock;
+        }
+        if (srv->n_sessions == srv->cap_sessions) {
+                size_t cap = srv->cap_sessions ? srv->cap_sessions * 2 : 8;
+                FuseSession **p = realloc(srv->sessions, cap * sizeof(*p));
+                if (!p) {
+                        r = -ENOMEM;
+                        goto out_unlock;
+                }
+                srv->sessions = p;
+                srv->cap_sessions = cap;
+        }
+        FuseSession *s;
+        r = fuse_session_new(srv->next_key++, id, TAKE_FD(fd), source, params, TAKE_PTR(layer),
+                             TAKE_PTR(layer_handle), &srv->cfg.layer_ops, &s);
+        if (r < 0)
+                goto out_unlock;
+        struct epoll_event ev = { .events = EPOLLIN | EPOLLONESHOT, .data.u64 = s->key };
+        if (epoll_ctl(srv->epfd, EPOLL_CTL_ADD, s->fd, &ev) < 0) {
+                r = -errno;
+                fuse_session_unref(s);
+                goto out_unlock;
+        }
+        srv->sessions[srv->n_sessions++] = s;
+        r = 0;
+out_unlock:
+        pthread_mutex_unlock(&srv->lock);
+        /* on failure before the session took them */
+        if (layer_handle && srv->cfg.layer_ops.close)
+                srv->cfg.layer_ops.close(srv->cfg.layer_ops.userdata, layer_handle);
+        return r;
+}
+
+/* Takes session i out of the table and the epoll set; returns the table's
+ * reference. */
+static FuseSession *detach_locked(FuseServer *srv, size_t i) {
+        FuseSession *s = srv->sessions[i];
+        srv->sessions[i] = srv->sessions[--srv->n_sessions];
+        (void) epoll_ctl(srv->epfd, EPOLL_CTL_DEL, s->fd, NULL);
+        return s;
+}
+
+int fuse_server_remove(FuseServer *srv, uint64_t id) {
+        pthread_mutex_lock(&srv->lock);
+        ssize_t i = find_locked(srv, 0, id, true);
+        FuseSession *s = i >= 0 ? detach_locked(srv, (size_t) i) : NULL;
+        pthread_mutex_unlock(&srv->lock);
+        if (!s)
+                return -ENOENT;
+        fuse_session_unref(s);
+        return 0;
+}
+
+static FuseSession *get_by_key(FuseServer *srv, uint64_t key) {
+        pthread_mutex_lock(&srv->lock);
+        ssize_t i = find_locked(srv, key, 0, false);
+        FuseSession *s = i >= 0 ? fuse_session_ref(srv->sessions[i]) : NULL;
+        pthread_mutex_unlock(&srv->lock);
+        return s;
+}
+
+/* The connection is gone (unmounted, or aborted). */
+static void session_gone(FuseServer *srv, FuseSession *s) {
+        pthread_mutex_lock(&srv->lock);
+        ssize_t i = find_locked(srv, s->key, 0, false);
+        FuseSession *t = i >= 0 ? detach_locked(srv, (size_t) i) : NULL;
+        pthread_mutex_unlock(&srv->lock);
+        if (!t)
+                return; /* removed meanwhile */
+        log_info("mount %" PRIu64 ": connection closed by the kernel", s->id);
+        if (srv->cfg.on_gone)
+                srv->cfg.on_gone(srv->cfg.userdata, s->id);
+        fuse_session_unref(t);
+}
+
+static void rearm(FuseServer *srv, FuseSession *s) {
+        struct epoll_event ev = { .events = EPOLLIN | EPOLLONESHOT, .data.u64 = s->key };
+        /* ENOENT: removed meanwhile */
+        if (epoll_ctl(srv->epfd, EPOLL_CTL_MOD, s->fd, &ev) < 0 && errno != ENOENT)
+                log_warn_ratelimited(-errno, "mount %" PRIu64 ": cannot re-arm /dev/fuse: %m", s->id);
+}
+
+static void serve_one(FuseServer *srv, FuseThread *t, FuseSession *s) {
+        ssize_t n = read(s->fd, t->in, FUSE_IN_BUF_SIZE);
+        if (n < 0) {
+                int e = errno;
+                /* EAGAIN: another reader or an interrupted request took it;
+                 * ENOENT: the request was interrupted before we read it. */
+                if (e == EAGAIN || e == EINTR || e == ENOENT)
+                        rearm(srv, s);
+                else if (e == ENODEV)
+                        session_gone(srv, s);
+                else {
+                        log_warn_ratelimited(-e, "mount %" PRIu64 ": reading /dev/fuse: %m", s->id);
+                        rearm(srv, s);
+                }
+                return;
+        }
+        rearm(srv, s);
+        fuse_dispatch(s, t, &srv->hooks, t->in, (size_t) n);
+}
+
+static void *serve_thread(void *userdata) {
+        FuseServer *srv = userdata;
+        FuseThread t = {};
+        int r = chunk_decoder_new(&t.decoder);
+        t.in = malloc(FUSE_IN_BUF_SIZE);
+        t.out = malloc(FUSE_MAX_READ_SIZE);
+        if (r < 0 || !t.in || !t.out) {
+                log_error("serving thread: out of memory");
+                goto out;
+        }
+        while (!__atomic_load_n(&srv->stopping, __ATOMIC_ACQUIRE)) {
+                struct epoll_event ev;
+                int n = epoll_wait(srv->epfd, &ev, 1, -1);
+                if (n < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        log_error_errno(-errno, "epoll_wait: %m");
+                        break;
+                }
+                if (n == 0 || ev.data.u64 == STOP_KEY)
+                        continue;
+                FuseSession *s = get_by_key(srv, ev.data.u64);
+                if (!s)
+                        continue;
+                serve_one(srv, &t, s);
+                fuse_session_unref(s);
+        }
+out:
+        chunk_decoder_free(t.decoder);
+        free(t.in);
+        free(t.out);
+        return NULL;
+}
+
+int fuse_server_start(FuseServer *srv) {
+        srv->threads = calloc(srv->cfg.n_threads, sizeof(pthread_t));
+        if (!srv->threads)
+                return -ENOMEM;
+        for (unsigned i = 0; i < srv->cfg.n_threads; i++) {
+                int r = pthread_create(&srv->threads[i], NULL, serve_thread, srv);
+                if (r != 0) {
+                        fuse_server_stop(srv);
+                        return -r;
+                }
+                srv->n_started++;
+        }
+        return 0;
+}
+
+void fuse_server_stop(FuseServer *srv) {
+        __atomic_store_n(&srv->stopping, true, __ATOMIC_RELEASE);
+        if (srv->stopfd >= 0) {
+                uint64_t one = 1;
+                ssize_t _unused_ w = write(srv->stopfd, &one, sizeof(one));
+        }
+        for (unsigned i = 0; i < srv->n_started; i++)
+                pthread_join(srv->threads[i], NULL);
+        srv->n_started = 0;
+}

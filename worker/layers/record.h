@@ -1,0 +1,18 @@
+/* Layer records in the worker's store: a Layer's metadata
+ * (common/estargz/index-io.h) under a key. Built without worker/meta,
+ * these find nothing and store nothing. Any thread; never logs. */
+#pragma once
+
+#include "common/estargz/layer.h"
+#include "common/util/errmsg.h"
+
+typedef struct MetaStore MetaStore;
+
+/* Builds a Layer reading through read_at/userdata from the record under
+ * key. -ENOENT (no record), -EBADMSG (corrupt), -EPROTO (another image
+ * version), -ENOMEM, or the store's error. */
+int layer_record_load(MetaStore *store, const char *key, ReadAtFn read_at, void *userdata, uint64_t blob_size,
+                      Layer **ret, ErrMsg *err);
+
+/* Stores l's metadata under key. */
+int layer_record_save(MetaStore *store, const char *key, const Layer *l, ErrMsg *err);

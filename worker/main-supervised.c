@@ -1,0 +1,361 @@
+/* The worker side of the worker protocol (docs/design.md, "The worker
+ * protocol"), on the main thread:
+ *
+ *   -> WorkerReady{pid}            before any state is opened
+ *   <- WorkerStart, n x MountRecord (+fd), WorkerGo
+ *      open the store; adopt every connection (initialized ones: restore
+ *      the INIT blob, write FUSE_NOTIFY_RESEND, serve; new ones: open the
+ *      layer, wait for FUSE_INIT)
+ *   -> MountStatus per mount (after FUSE_INIT for a new one)
+ *   <- MountRecord (new mount) | Unmount | Drain, any number of times
+ *   -> Drained after Drain, then exit 0
+ *
+ * Anything undecodable, unexpected or out of range from the supervisor is
+ * logged and ends the worker with status 1: the supervisor then replaces
+ * it, and the mounts stay. MountStatus for a new mount is sent by the
+ * serving thread that answered its FUSE_INIT; sends are serialized by
+ * send_lock (one datagram each, but one sender at a time keeps ordering
+ * obvious). */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/ipc/msg.h"
+#include "common/util/macro.h"
+#include "worker/main.h"
+#include "worker/util/log.h"
+
+#define MAX_MOUNTS 65536
+
+typedef struct Supervised {
+        int sock;                /* borrowed: --supervisor-fd */
+        pthread_mutex_t send_lock;
+        MetaStore *store;        /* owned */
+        FuseLayerOps layer_ops;
+        FuseServer *srv;         /* owned */
+} Supervised;
+
+static int send_env(Supervised *w, holdfast_Envelope *e) {
+        pthread_mutex_lock(&w->send_lock);
+        int r = msg_send(w->sock, e, -1);
+        pthread_mutex_unlock(&w->send_lock);
+        if (r < 0)
+                log_error_errno(r, "Cannot send to the supervisor: %m");
+        return r;
+}
+
+static int send_status(Supervised *w, uint64_t id, int error, const char *message, const FuseParams *params) {
+        static holdfast_Envelope e_zero;
+        holdfast_Envelope e = e_zero;
+        e.which_msg = holdfast_Envelope_mount_status_tag;
+        holdfast_MountStatus *st = &e.msg.mount_status;
+        st->id = id;
+        st->error = error;
+        if (message)
+                snprintf(st->message, sizeof(st->message), "%s", message);
+        if (params) {
+                st->initialized = true;
+                fuse_params_encode(params, st->init.bytes);
+                st->init.size = FUSE_PARAMS_BLOB_SIZE;
+        }
+        return send_env(w, &e);
+}
+
+static void on_init(void *userdata, uint64_t id, const FuseParams *params) {
+        Supervised *w = userdata;
+        (void) send_status(w, id, 0, NULL, params);
+}
+
+static void on_gone(void *userdata, uint64_t id) {
+        (void) userdata;
+        log_info("mount %" PRIu64 ": unmounted", id);
+}
+
+/* Receives the next message; exits the protocol on anything but a
+ * well-formed one. */
+static int recv_env(Supervised *w, holdfast_Envelope *e, int *ret_fd) {
+        int r = msg_recv(w->sock, e, ret_fd);
+        if (r == 0) {
+                log_error("The supervisor closed the socket");
+                return -ECONNRESET;
+        }
+        if (r < 0)
+                log_error_errno(r, "Cannot receive from the supervisor: %m");
+        return r;
+}
+
+static const char *msg_name(pb_size_t tag) {
+        switch (tag) {
+        case holdfast_Envelope_worker_start_tag: return "WorkerStart";
+        case holdfast_Envelope_mount_tag: return "MountRecord";
+        case holdfast_Envelope_worker_go_tag: return "WorkerGo";
+        case holdfast_Envelope_unmount_tag: return "Unmount";
+        case holdfast_Envelope_drain_tag: return "Drain";
+        default: return "a message not meant for a worker";
+        }
+}
+
+static int unexpected(const holdfast_Envelope *e, const char *expected, int fd) {
+        if (fd >= 0)
+                close(fd);
+        log_error("Protocol error: expected %s from the supervisor, got %s", expected, msg_name(e->which_msg));
+        return -EPROTO;
+}
+
+/* A new connection: open its layer now (so a bad one is refused), then
+ * serve it; its MountStatus follows FUSE_INIT (on_init). */
+static int mount_new(Supervised *w, const holdfast_MountRecord *m, int take_fd) {
+        _cleanup_close_ int fd = take_fd;
+        ErrMsg err = {};
+        Layer *layer;
+        void *handle;
+        int r = worker_layer_open(&w->store, m->source, &layer, &handle, &err);
+        if (r < 0) {
+                log_error_errno(r, "mount %" PRIu64 " (%s): refusing %s: %s", m->id, m->mountpoint, m->source,
+                                err.text[0] ? err.text : strerror(-r));
+                return send_status(w, m->id, r, err.text[0] ? err.text : strerror(-r), NULL);
+        }
+        r = fuse_server_add(w->srv, m->id, TAKE_FD(fd), m->source, NULL, layer, handle);
+        if (r == -EEXIST) {
+                log_error("Protocol error: mount %" PRIu64 " is served already", m->id);
+                return -EPROTO;
+        }
+        if (r < 0) {
+                log_error_errno(r, "mount %" PRIu64 ": cannot serve: %m", m->id);
+                return send_status(w, m->id, r, "cannot serve the connection", NULL);
+        }
+        log_info("mount %" PRIu64 ": serving %s on %s", m->id, m->source, m->mountpoint);
+        return 0;
+}
+
+/* A connection a previous worker served: no INIT will come. */
+static int mount_adopt(Supervised *w, const holdfast_MountRecord *m, int take_fd) {
+        _cleanup_close_ int fd = take_fd;
+        FuseParams p;
+        int r = fuse_params_decode(m->init.bytes, m->init.size, &p);
+        if (r < 0) {
+                log_error_errno(r, "mount %" PRIu64 ": the recorded INIT parameters are unusable: %m", m->id);
+                return send_status(w, m->id, r, "recorded FUSE_INIT parameters are invalid", NULL);
+        }
+        /* Requests the dead worker read but did not answer go back to the
+         * queue (bit 63 set in their unique). The supervisor saw that
+         * worker die before sending WorkerGo, so nobody else reads. */
+        r = fuse_notify_resend(fd);
+        if (r < 0)
+                log_warn_errno(r, "mount %" PRIu64 ": FUSE_NOTIFY_RESEND failed: %m", m->id);
+        r = fuse_server_add(w->srv, m->id, TAKE_FD(fd), m->source, &p, NULL, NULL);
+        if (r == -EEXIST) {
+                log_error("Protocol error: mount %" PRIu64 " is served already", m->id);
+                return -EPROTO;
+        }
+        if (r < 0) {
+                log_error_errno(r, "mount %" PRIu64 ": cannot serve: %m", m->id);
+                return send_status(w, m->id, r, "cannot serve the connection", NULL);
+        }
+        log_info("mount %" PRIu64 ": took over %s on %s", m->id, m->source, m->mountpoint);
+        return send_status(w, m->id, 0, NULL, &p);
+}
+
+static int check_record(const holdfast_MountRecord *m, int fd) {
+        if (fd < 0) {
+                log_error("Protocol error: MountRecord %" PRIu64 " without a /dev/fuse fd", m->id);
+                return -EPROTO;
+        }
+        if (m->source[0] != '/') {
+                log_error("Protocol error: MountRecord %" PRIu64 ": source %s is not an absolute path", m->id, m->source);
+                return -EPROTO;
+        }
+        /* our reads are non-blocking: EAGAIN is how a thread learns that
+         * another one took the request */
+        int fl = fcntl(fd, F_GETFL);
+        if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0) {
+                int r = -errno;
+                log_error_errno(r, "mount %" PRIu64 ": fcntl: %m", m->id);
+                return r;
+        }
+        return 0;
+}
+
+typedef struct Pending {
+        holdfast_MountRecord rec;
+        int fd;
+} Pending;
+
+static int startup(Supervised *w, holdfast_Envelope *e, const WorkerArgs *args) {
+        int fd = -EBADF, r;
+        r = recv_env(w, e, &fd);
+        if (r < 0)
+                return r;
+        if (e->which_msg != holdfast_Envelope_worker_start_tag || fd >= 0)
+                return unexpected(e, "WorkerStart", fd);
+        holdfast_WorkerStart ws = e->msg.worker_start;
+        if (ws.n_mounts > MAX_MOUNTS) {
+                log_error("Protocol error: WorkerStart announces %" PRIu32 " mounts", ws.n_mounts);
+                return -EPROTO;
+        }
+        if (ws.root[0] && strcmp(ws.root, args->root) != 0)
+                log_warn("WorkerStart names root %s, serving with --root %s", ws.root, args->root);
+        log_info("generation %" PRIu64 ": %" PRIu32 " mount(s)%s", ws.generation, ws.n_mounts,
+                 ws.takeover ? ", taking over" : "");
+
+        Pending *p = calloc(ws.n_mounts ? ws.n_mounts : 1, sizeof(*p));
+        if (!p)
+                return -ENOMEM;
+        size_t n = 0;
+        for (; n < ws.n_mounts; n++) {
+                r = recv_env(w, e, &fd);
+                if (r < 0)
+                        goto out;
+                if (e->which_msg != holdfast_Envelope_mount_tag) {
+                        r = unexpected(e, "MountRecord", fd);
+                        goto out;
+                }
+                r = check_record(&e->msg.mount, fd);
+                if (r < 0) {
+                        if (fd >= 0)
+                                close(fd);
+                        goto out;
+                }
+                p[n].rec = e->msg.mount;
+                p[n].fd = fd;
+        }
+        r = recv_env(w, e, &fd);
+        if (r < 0)
+                goto out;
+        if (e->which_msg != holdfast_Envelope_worker_go_tag || fd >= 0) {
+                r = unexpected(e, "WorkerGo", fd);
+                goto out;
+        }
+
+        /* The previous worker is dead now: its RocksDB lock is free. A
+         * store that cannot be opened costs speed (every layer indexed
+         * from its blob), not service. */
+        if (worker_store_open(args->root, &w->store) < 0)
+                log_warn("Serving without the layer store");
+        r = fuse_server_start(w->srv);
+        if (r < 0) {
+                log_error_errno(r, "Cannot start serving threads: %m");
+                goto out;
+        }
+        for (size_t i = 0; i < n; i++) {
+                int f = TAKE_FD(p[i].fd);
+                if (p[i].rec.initialized)
+                        r = mount_adopt(w, &p[i].rec, f);
+                else {
+                        /* INIT may have been read by the dead worker */
+                        if (ws.takeover)
+                                (void) fuse_notify_resend(f);
+                        r = mount_new(w, &p[i].rec, f);
+                }
+                if (r < 0)
+                        goto out;
+        }
+        r = 0;
+out:
+        for (size_t i = 0; i < n; i++)
+                if (p[i].fd >= 0)
+                        close(p[i].fd);
+        free(p);
+        return r;
+}
+
+static int serve(Supervised *w, holdfast_Envelope *e) {
+        for (;;) {
+                int fd = -EBADF;
+                int r = recv_env(w, e, &fd);
+                if (r < 0)
+                        return r;
+                switch (e->which_msg) {
+                case holdfast_Envelope_mount_tag:
+                        if (e->msg.mount.initialized)
+                                return unexpected(e, "MountRecord{initialized=false}", fd);
+                        r = check_record(&e->msg.mount, fd);
+                        if (r < 0) {
+                                if (fd >= 0)
+                                        close(fd);
+                                return r;
+                        }
+                        r = mount_new(w, &e->msg.mount, fd);
+                        if (r < 0)
+                                return r;
+                        break;
+                case holdfast_Envelope_unmount_tag:
+                        if (fd >= 0)
+                                return unexpected(e, "Unmount without an fd", fd);
+                        if (fuse_server_remove(w->srv, e->msg.unmount.id) < 0)
+                                log_warn("Unmount of mount %" PRIu64 ", which is not served", e->msg.unmount.id);
+                        else
+                                log_info("mount %" PRIu64 ": stopped serving", e->msg.unmount.id);
+                        break;
+                case holdfast_Envelope_drain_tag:
+                        if (fd >= 0)
+                                return unexpected(e, "Drain without an fd", fd);
+                        return 0;
+                default:
+                        return unexpected(e, "MountRecord, Unmount or Drain", fd);
+                }
+        }
+}
+
+int worker_run_supervised(const WorkerArgs *args) {
+        Supervised w = { .sock = args->supervisor_fd };
+        pthread_mutex_init(&w.send_lock, NULL);
+        w.layer_ops = worker_layer_ops(&w.store);
+        int r;
+        holdfast_Envelope *e = calloc(1, sizeof(*e));
+        if (!e)
+                return -ENOMEM;
+        if (fcntl(w.sock, F_SETFD, FD_CLOEXEC) < 0) {
+                r = -errno;
+                log_error_errno(r, "--supervisor-fd %d: %m", w.sock);
+                goto out;
+        }
+        FuseServerConfig cfg = {
+                .n_threads = args->threads,
+                .layer_ops = w.layer_ops,
+                .on_init = on_init,
+                .on_gone = on_gone,
+                .userdata = &w,
+        };
+        r = fuse_server_new(&cfg, &w.srv);
+        if (r < 0) {
+                log_error_errno(r, "Cannot set up serving: %m");
+                goto out;
+        }
+
+        memset(e, 0, sizeof(*e));
+        e->which_msg = holdfast_Envelope_worker_ready_tag;
+        e->msg.worker_ready.pid = (uint32_t) getpid();
+        r = send_env(&w, e);
+        if (r < 0)
+                goto out;
+        r = startup(&w, e, args);
+        if (r < 0)
+                goto out;
+        r = serve(&w, e);
+        if (r < 0)
+                goto out;
+
+        /* Drain: stop reading at a request boundary; every request read
+         * is answered before the threads exit. Then let RocksDB go before
+         * saying so, because the next worker opens it right after. */
+        fuse_server_stop(w.srv);
+        w.store = worker_store_close(w.store);
+        memset(e, 0, sizeof(*e));
+        e->which_msg = holdfast_Envelope_drained_tag;
+        r = send_env(&w, e);
+        if (r >= 0)
+                log_info("Drained");
+out:
+        /* Stop the threads before anything they use goes away. */
+        w.srv = fuse_server_free(w.srv);
+        w.store = worker_store_close(w.store);
+        pthread_mutex_destroy(&w.send_lock);
+        free(e);
+        return r;
+}

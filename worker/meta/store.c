@@ -1,0 +1,179 @@
+/* The worker's RocksDB database (worker/meta/store.h). Owns the rocksdb_t
+ * and its options; RocksDB does its own locking, so any serving thread may
+ * call in between meta_store_open() and meta_store_close(), and nothing
+ * here is mutable after open.
+ *
+ * This file is the only place where a RocksDB errptr string becomes an
+ * errno: see rocks_error(). Records are synced to the WAL before a put
+ * returns, so a worker killed right after storing a layer finds it again. */
+#include "worker/meta/store.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <rocksdb/c.h>
+
+#include "common/util/macro.h"
+
+#define LAYER_PREFIX "layer/"
+#define BLOCK_CACHE_BYTES (8u << 20)
+
+struct MetaStore {
+        rocksdb_t *db;                         /* owned */
+        rocksdb_options_t *options;            /* owned */
+        rocksdb_block_based_table_options_t *table_options; /* owned */
+        rocksdb_cache_t *cache;                /* owned */
+        rocksdb_readoptions_t *read_options;   /* owned */
+        rocksdb_writeoptions_t *write_options; /* owned; sync */
+};
+
+/* Turns a RocksDB error string (Status::ToString(), "<Kind>: <detail>")
+ * into -errno and a message, and frees it. RocksDB reports a LOCK file held
+ * by another process as "IO error: While lock file: ...: Resource
+ * temporarily unavailable", and by this process (a second open) as "IO
+ * error: lock hold by current process ...". */
+static int rocks_error(char *errptr, ErrMsg *err, const char *what, const char *arg) {
+        int r;
+        if (strstr(errptr, "While lock file") || strstr(errptr, "lock hold by current process") ||
+            strncmp(errptr, "Resource busy", strlen("Resource busy")) == 0)
+                r = -EBUSY;
+        else if (strncmp(errptr, "Corruption", strlen("Corruption")) == 0)
+                r = -EBADMSG;
+        else
+                r = -EIO; /* "IO error" and everything else */
+        errmsg_set(err, r, "RocksDB %s %s: %s", what, arg, errptr);
+        rocksdb_free(errptr);
+        return r;
+}
+
+MetaStore *meta_store_close(MetaStore *s) {
+        if (!s)
+                return NULL;
+        if (s->db) {
+                /* The WAL already holds every record; flushing spares the next
+                 * open its replay. A failure here loses nothing. */
+                rocksdb_flushoptions_t *fo = rocksdb_flushoptions_create();
+                if (fo) {
+                        char *e = NULL;
+                        rocksdb_flushoptions_set_wait(fo, 1);
+                        rocksdb_flush(s->db, fo, &e);
+                        rocksdb_free(e);
+                        rocksdb_flushoptions_destroy(fo);
+                }
+                rocksdb_close(s->db);
+        }
+        if (s->write_options)
+                rocksdb_writeoptions_destroy(s->write_options);
+        if (s->read_options)
+                rocksdb_readoptions_destroy(s->read_options);
+        if (s->options)
+                rocksdb_options_destroy(s->options);
+        if (s->table_options)
+                rocksdb_block_based_options_destroy(s->table_options);
+        if (s->cache)
+                rocksdb_cache_destroy(s->cache);
+        free(s);
+        return NULL;
+}
+
+int meta_store_open(const char *dir, MetaStore **ret, ErrMsg *err) {
+        MetaStore *s = calloc(1, sizeof(*s));
+        if (!s)
+                return -ENOMEM;
+        s->options = rocksdb_options_create();
+        s->table_options = rocksdb_block_based_options_create();
+        s->cache = rocksdb_cache_create_lru(BLOCK_CACHE_BYTES);
+        s->read_options = rocksdb_readoptions_create();
+        s->write_options = rocksdb_writeoptions_create();
+        if (!s->options || !s->table_options || !s->cache || !s->read_options || !s->write_options) {
+                meta_store_close(s);
+                return -ENOMEM;
+        }
+        rocksdb_block_based_options_set_block_cache(s->table_options, s->cache);
+        rocksdb_options_set_block_based_table_factory(s->options, s->table_options);
+        rocksdb_options_set_create_if_missing(s->options, 1);
+        /* A background error (a bad SST met by a compaction) must not turn
+         * the store read-only: every record carries its own checksum
+         * (index-io.c) and a refused one is rebuilt from its blob. */
+        rocksdb_options_set_paranoid_checks(s->options, 0);
+        rocksdb_options_set_keep_log_file_num(s->options, 2);
+        rocksdb_options_set_max_open_files(s->options, 64);
+        rocksdb_writeoptions_set_sync(s->write_options, 1);
+
+        char *e = NULL;
+        s->db = rocksdb_open(s->options, dir, &e);
+        if (e) {
+                int r = rocks_error(e, err, "open of", dir);
+                s->db = NULL;
+                meta_store_close(s);
+                return r;
+        }
+        *ret = s;
+        return 0;
+}
+
+/* "layer/<key>" in a malloc'd buffer. */
+static char *layer_key(const char *key, size_t *ret_len) {
+        size_t len = strlen(LAYER_PREFIX) + strlen(key);
+        char *k = malloc(len + 1);
+        if (!k)
+                return NULL;
+        memcpy(k, LAYER_PREFIX, strlen(LAYER_PREFIX));
+        memcpy(k + strlen(LAYER_PREFIX), key, strlen(key) + 1);
+        *ret_len = len;
+        return k;
+}
+
+int meta_layer_put(MetaStore *s, const char *key, const void *val, size_t len, ErrMsg *err) {
+        size_t klen;
+        _cleanup_free_ char *k = layer_key(key, &klen);
+        if (!k)
+                return -ENOMEM;
+        char *e = NULL;
+        rocksdb_put(s->db, s->write_options, k, klen, val, len, &e);
+        if (e)
+                return rocks_error(e, err, "put of", k);
+        return 0;
+}
+
+int meta_layer_get(MetaStore *s, const char *key, void **ret_val, size_t *ret_len, ErrMsg *err) {
+        size_t klen;
+        _cleanup_free_ char *k = layer_key(key, &klen);
+        if (!k)
+                return -ENOMEM;
+        char *e = NULL;
+        /* pinned: one copy, straight from the memtable or block cache */
+        rocksdb_pinnableslice_t *v = rocksdb_get_pinned(s->db, s->read_options, k, klen, &e);
+        if (e) {
+                rocksdb_pinnableslice_destroy(v);
+                return rocks_error(e, err, "get of", k);
+        }
+        if (!v)
+                return -ENOENT;
+        size_t len;
+        const char *data = rocksdb_pinnableslice_value(v, &len);
+        void *copy = malloc(MAX(len, (size_t) 1));
+        if (!copy) {
+                rocksdb_pinnableslice_destroy(v);
+                return -ENOMEM;
+        }
+        if (len > 0)
+                memcpy(copy, data, len);
+        rocksdb_pinnableslice_destroy(v);
+        *ret_val = copy;
+        *ret_len = len;
+        return 0;
+}
+
+int meta_layer_delete(MetaStore *s, const char *key, ErrMsg *err) {
+        size_t klen;
+        _cleanup_free_ char *k = layer_key(key, &klen);
+        if (!k)
+                return -ENOMEM;
+        char *e = NULL;
+        rocksdb_delete(s->db, s->write_options, k, klen, &e);
+        if (e)
+                return rocks_error(e, err, "delete of", k);
+        return 0;
+}
