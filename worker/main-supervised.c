@@ -232,11 +232,6 @@ static int startup(Supervised *w, holdfast_Envelope *e, const WorkerArgs *args) 
                 goto out;
         }
 
-        /* The previous worker is dead now: its RocksDB lock is free. A
-         * store that cannot be opened costs speed (every layer indexed
-         * from its blob), not service. */
-        if (worker_store_open(args->root, &w->store) < 0)
-                log_warn("Serving without the layer store");
         r = fuse_server_start(w->srv);
         if (r < 0) {
                 log_error_errno(r, "Cannot start serving threads: %m");
@@ -334,6 +329,12 @@ int worker_run_supervised(const WorkerArgs *args) {
         r = send_env(&w, e);
         if (r < 0)
                 goto out;
+        /* Open the store now, read-only (meta_store_open_lazy): no lock is
+         * needed, so during an upgrade this overlaps the old worker's drain
+         * instead of adding to the stall. A store that cannot be opened
+         * costs speed (every layer indexed from its blob), not service. */
+        if (worker_store_open(args->root, &w.store) < 0)
+                log_warn("Serving without the layer store");
         r = startup(&w, e, args);
         if (r < 0)
                 goto out;

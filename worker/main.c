@@ -85,7 +85,7 @@ int worker_store_open(const char *root, MetaStore **ret) {
         if (asprintf(&dir, "%s/meta", root) < 0)
                 return -ENOMEM;
         ErrMsg err = {};
-        int r = meta_store_open(dir, ret, &err);
+        int r = meta_store_open_lazy(dir, ret, &err);
         if (r < 0) {
                 log_error_errno(r, "Cannot open the layer store %s: %s", dir, err.text[0] ? err.text : strerror(-r));
                 return r;

@@ -9,8 +9,11 @@
 #include "worker/meta/store.h"
 
 #include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <rocksdb/c.h>
 
@@ -20,7 +23,10 @@
 #define BLOCK_CACHE_BYTES (8u << 20)
 
 struct MetaStore {
-        rocksdb_t *db;                         /* owned */
+        rocksdb_t *db;                         /* owned; read-write, set once (atomically) */
+        rocksdb_t *ro;                         /* owned; read-only, meta_store_open_lazy() */
+        char *dir;                             /* owned */
+        pthread_mutex_t open_lock;             /* serializes the lazy read-write open */
         rocksdb_options_t *options;            /* owned */
         rocksdb_block_based_table_options_t *table_options; /* owned */
         rocksdb_cache_t *cache;                /* owned */
@@ -63,6 +69,10 @@ MetaStore *meta_store_close(MetaStore *s) {
                 }
                 rocksdb_close(s->db);
         }
+        if (s->ro)
+                rocksdb_close(s->ro);
+        free(s->dir);
+        pthread_mutex_destroy(&s->open_lock);
         if (s->write_options)
                 rocksdb_writeoptions_destroy(s->write_options);
         if (s->read_options)
@@ -77,17 +87,13 @@ MetaStore *meta_store_close(MetaStore *s) {
         return NULL;
 }
 
-int meta_store_open(const char *dir, MetaStore **ret, ErrMsg *err) {
-        MetaStore *s = calloc(1, sizeof(*s));
-        if (!s)
-                return -ENOMEM;
+static int store_options(MetaStore *s) {
         s->options = rocksdb_options_create();
         s->table_options = rocksdb_block_based_options_create();
         s->cache = rocksdb_cache_create_lru(BLOCK_CACHE_BYTES);
         s->read_options = rocksdb_readoptions_create();
         s->write_options = rocksdb_writeoptions_create();
         if (!s->options || !s->table_options || !s->cache || !s->read_options || !s->write_options) {
-                meta_store_close(s);
                 return -ENOMEM;
         }
         rocksdb_block_based_options_set_block_cache(s->table_options, s->cache);
@@ -100,16 +106,96 @@ int meta_store_open(const char *dir, MetaStore **ret, ErrMsg *err) {
         rocksdb_options_set_keep_log_file_num(s->options, 2);
         rocksdb_options_set_max_open_files(s->options, 64);
         rocksdb_writeoptions_set_sync(s->write_options, 1);
+        return 0;
+}
+
+static MetaStore *store_new(const char *dir) {
+        MetaStore *s = calloc(1, sizeof(*s));
+        if (!s)
+                return NULL;
+        pthread_mutex_init(&s->open_lock, NULL);
+        s->dir = strdup(dir);
+        if (!s->dir) {
+                pthread_mutex_destroy(&s->open_lock);
+                free(s);
+                return NULL;
+        }
+        return s;
+}
+
+int meta_store_open(const char *dir, MetaStore **ret, ErrMsg *err) {
+        MetaStore *s = store_new(dir);
+        if (!s)
+                return -ENOMEM;
+        int r = store_options(s);
+        if (r < 0) {
+                meta_store_close(s);
+                return r;
+        }
 
         char *e = NULL;
         s->db = rocksdb_open(s->options, dir, &e);
         if (e) {
-                int r = rocks_error(e, err, "open of", dir);
+                r = rocks_error(e, err, "open of", dir);
                 s->db = NULL;
                 meta_store_close(s);
                 return r;
         }
         *ret = s;
+        return 0;
+}
+
+int meta_store_open_lazy(const char *dir, MetaStore **ret, ErrMsg *err) {
+        char current[4096];
+        snprintf(current, sizeof(current), "%s/CURRENT", dir);
+        if (access(current, F_OK) < 0)
+                return meta_store_open(dir, ret, err); /* creates it */
+        MetaStore *s = store_new(dir);
+        if (!s)
+                return -ENOMEM;
+        int r = store_options(s);
+        if (r < 0) {
+                meta_store_close(s);
+                return r;
+        }
+        char *e = NULL;
+        s->ro = rocksdb_open_for_read_only(s->options, dir, 0, &e);
+        if (e) {
+                s->ro = NULL;
+                rocksdb_free(e);
+                meta_store_close(s);
+                return meta_store_open(dir, ret, err);
+        }
+        *ret = s;
+        return 0;
+}
+
+static rocksdb_t *reader(MetaStore *s) {
+        rocksdb_t *db = __atomic_load_n(&s->db, __ATOMIC_ACQUIRE);
+        return db ? db : s->ro;
+}
+
+/* The read-write handle, opened on first use by a lazy store. */
+static int writer(MetaStore *s, rocksdb_t **ret, ErrMsg *err) {
+        rocksdb_t *db = __atomic_load_n(&s->db, __ATOMIC_ACQUIRE);
+        if (db) {
+                *ret = db;
+                return 0;
+        }
+        pthread_mutex_lock(&s->open_lock);
+        int r = 0;
+        if (!s->db) {
+                char *e = NULL;
+                db = rocksdb_open(s->options, s->dir, &e);
+                if (e)
+                        r = rocks_error(e, err, "read-write open of", s->dir);
+                else
+                        __atomic_store_n(&s->db, db, __ATOMIC_RELEASE);
+        }
+        pthread_mutex_unlock(&s->open_lock);
+        if (r < 0)
+                return r;
+        *ret = s->db;
         return 0;
 }
 
@@ -130,8 +216,12 @@ int meta_layer_put(MetaStore *s, const char *key, const void *val, size_t len, E
         _cleanup_free_ char *k = layer_key(key, &klen);
         if (!k)
                 return -ENOMEM;
+        rocksdb_t *db;
+        int r = writer(s, &db, err);
+        if (r < 0)
+                return r;
         char *e = NULL;
-        rocksdb_put(s->db, s->write_options, k, klen, val, len, &e);
+        rocksdb_put(db, s->write_options, k, klen, val, len, &e);
         if (e)
                 return rocks_error(e, err, "put of", k);
         return 0;
@@ -144,7 +234,7 @@ int meta_layer_get(MetaStore *s, const char *key, void **ret_val, size_t *ret_le
                 return -ENOMEM;
         char *e = NULL;
         /* pinned: one copy, straight from the memtable or block cache */
-        rocksdb_pinnableslice_t *v = rocksdb_get_pinned(s->db, s->read_options, k, klen, &e);
+        rocksdb_pinnableslice_t *v = rocksdb_get_pinned(reader(s), s->read_options, k, klen, &e);
         if (e) {
                 rocksdb_pinnableslice_destroy(v);
                 return rocks_error(e, err, "get of", k);
@@ -171,8 +261,12 @@ int meta_layer_delete(MetaStore *s, const char *key, ErrMsg *err) {
         _cleanup_free_ char *k = layer_key(key, &klen);
         if (!k)
                 return -ENOMEM;
+        rocksdb_t *db;
+        int r = writer(s, &db, err);
+        if (r < 0)
+                return r;
         char *e = NULL;
-        rocksdb_delete(s->db, s->write_options, k, klen, &e);
+        rocksdb_delete(db, s->write_options, k, klen, &e);
         if (e)
                 return rocks_error(e, err, "delete of", k);
         return 0;
