@@ -157,10 +157,12 @@ int main(int argc, char **argv) {
                 }
                 nk++;
                 atomic_store(&event_ns, 0);
-                /* let the supervisor settle (its restart backoff resets) */
+                /* let the new worker serve for over a second, so that the
+                 * supervisor sees a healthy worker die next time and does not
+                 * back off (a crash loop would) */
                 for (int w = 0; w < 100 && worker_pid(ctl, root) == pid; w++)
                         usleep(10000);
-                usleep(50000);
+                usleep(1100000);
         }
         for (int i = 0; i < upgrades; i++) {
                 char cmd[8400];
