@@ -62,12 +62,17 @@ int daemon_call(const holdfast_CtlRequest *req, DaemonReply *ret, const char **r
                         r = -EBADMSG;
                         break;
                 }
-                holdfast_MountInfo *m = realloc(ret->mounts, (ret->n_mounts + 1) * sizeof(*m));
-                if (!m) {
-                        r = -ENOMEM;
-                        break;
+                /* grow geometrically: a MountInfo is 8 KiB, and a node may
+                 * have thousands of mounts */
+                size_t n = ret->n_mounts;
+                if (n == 0 || (n >= 16 && (n & (n - 1)) == 0)) {
+                        holdfast_MountInfo *m = realloc(ret->mounts, (n ? 2 * n : 16) * sizeof(*m));
+                        if (!m) {
+                                r = -ENOMEM;
+                                break;
+                        }
+                        ret->mounts = m;
                 }
-                ret->mounts = m;
                 ret->mounts[ret->n_mounts++] = e->msg.mount_info;
         }
         free(e);

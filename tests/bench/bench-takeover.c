@@ -61,6 +61,26 @@ static void *prober(void *arg) {
         return NULL;
 }
 
+/* A number field of `holdfastctl status --json`, or -1. */
+static long long status_field(const char *ctl, const char *root, const char *field) {
+        char cmd[8400];
+        snprintf(cmd, sizeof(cmd), "%s --root %s status --json", ctl, root);
+        FILE *f = popen(cmd, "r");
+        if (!f)
+                return -1;
+        char buf[8192];
+        size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+        buf[n] = 0;
+        pclose(f);
+        char key[64];
+        snprintf(key, sizeof(key), "\"%s\"", field);
+        char *p = strstr(buf, key);
+        if (!p)
+                return -1;
+        p = strchr(p, ':');
+        return p ? strtoll(p + 1, NULL, 10) : -1;
+}
+
 static pid_t worker_pid(const char *ctl, const char *root) {
         char cmd[8400];
         snprintf(cmd, sizeof(cmd), "%s --root %s status --json", ctl, root);
@@ -175,9 +195,9 @@ int main(int argc, char **argv) {
                         atomic_fetch_add(&failures, 1);
                         break;
                 }
-                /* the stall readers saw: the slowest request in flight during
-                 * the upgrade is bounded by the time until a request started
-                 * after the command returned succeeds */
+                /* the stall: the supervisor's measure, from Drain to the
+                 * last MountStatus of the new worker (readers are blocked
+                 * in between); and a request after it must succeed */
                 uint64_t t1 = now_ns();
                 atomic_store(&first_ok_ns, 0);
                 atomic_store(&event_ns, t1);
@@ -186,7 +206,12 @@ int main(int argc, char **argv) {
                         atomic_fetch_add(&failures, 1);
                         break;
                 }
-                uv[nu++] = after;
+                long long stall_us = status_field(ctl, root, "last_stall_us");
+                if (stall_us < 0) {
+                        fprintf(stderr, "no last_stall_us in status\n");
+                        break;
+                }
+                uv[nu++] = (uint64_t) stall_us * 1000;
                 atomic_store(&event_ns, 0);
                 usleep(50000);
         }
