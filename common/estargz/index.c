@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "common/util/encode.h"
 #include "common/util/macro.h"
 #include "common/util/strbuf.h"
 
@@ -53,21 +54,12 @@ typedef struct Builder {
         size_t n_chunks, cap_chunks;
 } Builder;
 
-static uint64_t hash_path(const char *s, size_t len) {
-        uint64_t h = 1469598103934665603ull;
-        for (size_t i = 0; i < len; i++) {
-                h ^= (uint8_t) s[i];
-                h *= 1099511628211ull;
-        }
-        return h ^ (h >> 29);
-}
-
 #define TABLE_EMPTY UINT64_MAX
 
 /* The slot holding path, or the free slot where it would go. The hash kept
  * in the slot spares most probes a visit to the node and its path. */
 static uint64_t *table_find(Builder *b, const char *path, size_t len, uint32_t *ret_hash) {
-        uint64_t h = hash_path(path, len);
+        uint64_t h = hash_bytes(path, len);
         uint32_t h32 = (uint32_t) (h >> 32);
         *ret_hash = h32;
         for (size_t i = h & b->table_mask;; i = (i + 1) & b->table_mask) {

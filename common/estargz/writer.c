@@ -21,6 +21,7 @@
 #include "common/estargz/format.h"
 #include "common/estargz/tar.h"
 #include "common/estargz/toc.h"
+#include "common/util/encode.h"
 #include "common/util/macro.h"
 #include "common/util/strbuf.h"
 
@@ -170,19 +171,10 @@ static char *clean_name(const char *name) {
         return out;
 }
 
-static uint64_t hash_str(const char *s) {
-        uint64_t h = 1469598103934665603ull;
-        for (; *s; s++) {
-                h ^= (uint8_t) *s;
-                h *= 1099511628211ull;
-        }
-        return h ^ (h >> 29);
-}
-
 /* Slot of clean in the name table: the live entry of that name, or the
  * empty slot where it would go. */
 static uint32_t *name_slot(Writer *w, const char *clean) {
-        for (size_t i = hash_str(clean) & w->names_mask;; i = (i + 1) & w->names_mask) {
+        for (size_t i = hash_bytes(clean, strlen(clean)) & w->names_mask;; i = (i + 1) & w->names_mask) {
                 uint32_t e = w->names[i];
                 if (e == UINT32_MAX || strcmp(w->ents[e].clean, clean) == 0)
                         return &w->names[i];
@@ -529,19 +521,6 @@ static const char *type_of(char t) {
         }
 }
 
-static void base64(const uint8_t *in, size_t len, char *out) {
-        static const char tbl[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-        size_t o = 0;
-        for (size_t i = 0; i < len; i += 3) {
-                uint32_t v = (uint32_t) in[i] << 16 | (i + 1 < len ? (uint32_t) in[i + 1] << 8 : 0) | (i + 2 < len ? in[i + 2] : 0);
-                out[o++] = tbl[v >> 18 & 63];
-                out[o++] = tbl[v >> 12 & 63];
-                out[o++] = i + 1 < len ? tbl[v >> 6 & 63] : '=';
-                out[o++] = i + 2 < len ? tbl[v & 63] : '=';
-        }
-        out[o] = 0;
-}
-
 /* Opens a TOC entry for the header part; the caller adds the data fields
  * and closes the map. */
 static int toc_entry_begin(Writer *w, const TarHeader *h) {
@@ -591,10 +570,10 @@ static int toc_entry_begin(Writer *w, const TarHeader *h) {
                 yajl_gen_map_open(g);
                 qsort(h->xattrs, h->n_xattrs, sizeof(TarXattr), cmp_xattr);
                 for (size_t i = 0; i < h->n_xattrs; i++) {
-                        _cleanup_free_ char *b = malloc((h->xattrs[i].len + 2) / 3 * 4 + 1);
+                        _cleanup_free_ char *b = malloc(base64_encoded_size(h->xattrs[i].len));
                         if (!b)
                                 return -ENOMEM;
-                        base64(h->xattrs[i].value, h->xattrs[i].len, b);
+                        base64_encode(h->xattrs[i].value, h->xattrs[i].len, b);
                         gen_str(g, h->xattrs[i].name, b);
                 }
                 yajl_gen_map_close(g);

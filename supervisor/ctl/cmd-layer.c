@@ -14,6 +14,7 @@
 #include <yajl/yajl_gen.h>
 
 #include "common/estargz/layer.h"
+#include "common/util/encode.h"
 #include "common/util/macro.h"
 #include "supervisor/ctl/ctl.h"
 
@@ -201,19 +202,6 @@ static int sink_sha(void *ud, const void *data, size_t len) {
         return 0;
 }
 
-static void b64(const uint8_t *in, size_t len, char *out) {
-        static const char t[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-        size_t o = 0;
-        for (size_t i = 0; i < len; i += 3) {
-                uint32_t v = (uint32_t) in[i] << 16 | (i + 1 < len ? (uint32_t) in[i + 1] << 8 : 0) | (i + 2 < len ? in[i + 2] : 0);
-                out[o++] = t[v >> 18 & 63];
-                out[o++] = t[v >> 12 & 63];
-                out[o++] = i + 1 < len ? t[v >> 6 & 63] : '=';
-                out[o++] = i + 2 < len ? t[v & 63] : '=';
-        }
-        out[o] = 0;
-}
-
 typedef struct XKV {
         const char *name;
         const uint8_t *value;
@@ -280,12 +268,12 @@ static int print_json(Layer *l, ChunkDecoder *dec, const PathEnt *pe, char (*sum
                 kv[nkv++] = (XKV) { "trusted.overlay.opaque", (const uint8_t *) "y", 1 };
         qsort(kv, nkv, sizeof(XKV), cmp_xkv);
         for (size_t i = 0; i < nkv; i++) {
-                char *b = malloc((kv[i].len + 2) / 3 * 4 + 1);
+                char *b = malloc(base64_encoded_size(kv[i].len));
                 if (!b) {
                         yajl_gen_free(g);
                         return -ENOMEM;
                 }
-                b64(kv[i].value, kv[i].len, b);
+                base64_encode(kv[i].value, kv[i].len, b);
                 GS(g, kv[i].name);
                 GS(g, b);
                 free(b);

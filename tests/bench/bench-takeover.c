@@ -82,20 +82,7 @@ static long long status_field(const char *ctl, const char *root, const char *fie
 }
 
 static pid_t worker_pid(const char *ctl, const char *root) {
-        char cmd[8400];
-        snprintf(cmd, sizeof(cmd), "%s --root %s status --json", ctl, root);
-        FILE *f = popen(cmd, "r");
-        if (!f)
-                return -1;
-        char buf[8192];
-        size_t n = fread(buf, 1, sizeof(buf) - 1, f);
-        buf[n] = 0;
-        pclose(f);
-        char *p = strstr(buf, "\"worker_pid\"");
-        if (!p)
-                return -1;
-        p = strchr(p, ':');
-        return p ? (pid_t) strtol(p + 1, NULL, 10) : -1;
+        return (pid_t) status_field(ctl, root, "worker_pid");
 }
 
 static int cmp_u64(const void *a, const void *b) {
