@@ -256,6 +256,31 @@ class SupervisorProc:
         self.ctl("mount", blob, mp)
         return mp
 
+    def fds_quiet(self, timeout=5.0):
+        """The supervisor's fds once they have not changed for 0.3 s (a
+        control connection from the last request may still be closing)."""
+        deadline = time.monotonic() + timeout
+        last, since = self.fds(), time.monotonic()
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+            now = self.fds()
+            if now != last:
+                last, since = now, time.monotonic()
+            elif time.monotonic() - since >= 0.3:
+                break
+        return last
+
+    def fds_settle(self, expected, timeout=5.0):
+        """The supervisor's fds once they equal `expected`, or after `timeout`
+        seconds: a control connection is closed when the supervisor's loop
+        sees the client hang up, a moment after the client returned."""
+        deadline = time.monotonic() + timeout
+        while True:
+            now = self.fds()
+            if now == expected or time.monotonic() > deadline:
+                return now
+            time.sleep(0.05)
+
     def fds(self):
         return proc_fds(self.pid)
 

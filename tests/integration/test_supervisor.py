@@ -134,7 +134,7 @@ def test_status_mount_umount(sups, layer):
     assert st["mounts"] == []
     assert oct(os.stat(s.root).st_mode & 0o7777) == "0o700"
     assert oct(os.stat(s.sock).st_mode & 0o777) == "0o600"
-    fds_before = s.fds()
+    fds_before = s.fds_quiet()
 
     mp = s.mount(layer.blob)
     st = s.status()
@@ -148,10 +148,10 @@ def test_status_mount_umount(sups, layer):
     assert mp in out and layer.blob in out and "yes" in out
 
     # The same mountpoint again: refused, nothing new kept.
-    fds_mounted = s.fds()
+    fds_mounted = s.fds_quiet()
     rc, _, err = s.ctl("mount", layer.blob, mp, check=False)
     assert rc == 1 and "already a holdfast mount" in err, err
-    assert s.fds() == fds_mounted
+    assert s.fds_settle(fds_mounted) == fds_mounted
 
     _, out, _ = s.ctl("umount", mp)
     assert "unmounted" in out
@@ -159,13 +159,13 @@ def test_status_mount_umount(sups, layer):
     assert s.status()["mounts"] == []
     rc, _, err = s.ctl("umount", mp, check=False)
     assert rc == 1 and "not a holdfast mount" in err
-    assert s.fds() == fds_before
+    assert s.fds_settle(fds_before) == fds_before
     assert s.stop() == 0
 
 
 def test_bad_requests(sups, layer, workdir):
     s = sups.start()
-    fds_before = s.fds()
+    fds_before = s.fds_quiet()
     mounts_before = su.mounted_paths()
     mp = s.new_mountpoint()
 
@@ -227,7 +227,7 @@ def test_bad_requests(sups, layer, workdir):
         c.close()
     assert s.raw([R(su.OP["STATUS"])])[0][0] == 0
     time.sleep(0.2)
-    assert s.fds() == fds_before
+    assert s.fds_settle(fds_before) == fds_before
     assert su.mounted_paths() == mounts_before
     assert s.status()["restarts"] == 0
     assert s.stop() == 0
@@ -364,9 +364,9 @@ def test_crash_upgrade_reexec(sups, layer):
     upgrades = int(os.environ.get("HOLDFAST_CRASH_UPGRADES", "20"))
     reexecs = int(os.environ.get("HOLDFAST_CRASH_REEXECS", "5"))
     s = sups.start(["--restart-limit", "0/60", "--restart-delay-max", "200"])
-    fds_empty = s.fds()
+    fds_empty = s.fds_quiet()
     mps = [s.mount(layer.blob) for _ in range(2)]
-    fds_mounted = s.fds()
+    fds_mounted = s.fds_quiet()
     readers = [Readers(mp, layer) for mp in mps]
     for r in readers:
         r.start()
@@ -418,10 +418,10 @@ def test_crash_upgrade_reexec(sups, layer):
         assert not r.errors, r.errors[:20]
         assert r.ops > 100
     assert st["restarts"] >= kills and st["generation"] >= kills + upgrades + 1
-    assert su.fd_kinds(s.fds()) == su.fd_kinds(fds_mounted), (s.fds(), fds_mounted)
+    assert su.fd_kinds(s.fds_quiet()) == su.fd_kinds(fds_mounted), (s.fds(), fds_mounted)
     for mp in mps:
         s.ctl("umount", mp)
-    assert su.fd_kinds(s.fds()) == su.fd_kinds(fds_empty), (s.fds(), fds_empty)
+    assert su.fd_kinds(s.fds_quiet()) == su.fd_kinds(fds_empty), (s.fds(), fds_empty)
     mounted = su.mounted_paths()
     assert not any(su.canon(mp) in mounted for mp in mps)
     assert s.stop() == 0
