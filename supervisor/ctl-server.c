@@ -61,6 +61,7 @@ static int conn_new(CtlServer *srv, int take_fd, CtlConn **ret) {
                 free(c);
                 return r;
         }
+        (void) fd_blocking_after_uv_poll(fd);
         c->poll.data = c;
         c->srv = srv;
         c->fd = TAKE_FD(fd);

@@ -69,6 +69,9 @@ static int worker_setup(Supervisor *s, Worker *w) {
         r = uv_poll_init(s->loop, &w->sock_poll, w->sock);
         if (r < 0)
                 return r;
+        r = fd_blocking_after_uv_poll(w->sock);
+        if (r < 0)
+                return r;
         w->sock_poll.data = w;
         w->open_handles++;
         r = uv_timer_init(s->loop, &w->timer);
