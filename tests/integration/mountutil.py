@@ -199,6 +199,8 @@ def file_type(mode):
 # length-delimited fields is all the worker protocol uses.
 
 import ctypes  # noqa: E402
+
+import pbwire  # noqa: E402
 import socket  # noqa: E402
 
 ENV = {"worker_start": 20, "mount": 21, "worker_go": 22, "unmount": 23, "drain": 24,
@@ -206,58 +208,13 @@ ENV = {"worker_start": 20, "mount": 21, "worker_go": 22, "unmount": 23, "drain":
 ENV_NAMES = {v: k for k, v in ENV.items()}
 
 
-def _varint(v):
-    v &= (1 << 64) - 1
-    out = bytearray()
-    while True:
-        b = v & 0x7f
-        v >>= 7
-        if v:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
 def pb_encode(fields):
-    """fields: list of (number, value); int/bool -> varint, str/bytes -> bytes."""
-    out = bytearray()
-    for num, v in fields:
-        if isinstance(v, (bool, int)):
-            out += _varint(num << 3 | 0) + _varint(int(v))
-        else:
-            if isinstance(v, str):
-                v = v.encode()
-            out += _varint(num << 3 | 2) + _varint(len(v)) + v
-    return bytes(out)
+    return pbwire.encode(fields)
 
 
 def pb_decode(buf):
-    """Returns {number: value}; varints as unsigned ints, the rest as bytes."""
-    out, i = {}, 0
-    while i < len(buf):
-        key, i = _read_varint(buf, i)
-        num, wt = key >> 3, key & 7
-        if wt == 0:
-            v, i = _read_varint(buf, i)
-        elif wt == 2:
-            n, i = _read_varint(buf, i)
-            v, i = bytes(buf[i:i + n]), i + n
-        else:
-            raise ValueError("wire type %d" % wt)
-        out[num] = v
-    return out
-
-
-def _read_varint(buf, i):
-    v = shift = 0
-    while True:
-        b = buf[i]
-        i += 1
-        v |= (b & 0x7f) << shift
-        shift += 7
-        if not b & 0x80:
-            return v, i
+    """Returns {number: value} (the last of repeated numbers)."""
+    return dict(pbwire.parse(buf))
 
 
 def int32(v):

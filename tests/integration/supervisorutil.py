@@ -24,6 +24,8 @@ import subprocess
 import tempfile
 import time
 
+import pbwire
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 BUILD = os.path.normpath(os.path.join(HERE, "..", "..", "build"))
 
@@ -101,57 +103,8 @@ def cmdline_of(pid):
 
 # --- protobuf, just enough for Envelope/CtlRequest/CtlReply ---------------
 
-def _varint(n):
-    n &= (1 << 64) - 1
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
-def pb_field(num, value):
-    if isinstance(value, int):
-        return _varint(num << 3) + _varint(value)
-    if isinstance(value, str):
-        value = value.encode()
-    return _varint((num << 3) | 2) + _varint(len(value)) + value
-
-
-def pb_parse(buf):
-    """[(field, value)] with varints as ints and length-delimited as bytes."""
-    out, i = [], 0
-    while i < len(buf):
-        key, i = _read_varint(buf, i)
-        num, wt = key >> 3, key & 7
-        if wt == 0:
-            v, i = _read_varint(buf, i)
-        elif wt == 2:
-            n, i = _read_varint(buf, i)
-            v, i = buf[i:i + n], i + n
-        elif wt == 1:
-            v, i = buf[i:i + 8], i + 8
-        elif wt == 5:
-            v, i = buf[i:i + 4], i + 4
-        else:
-            raise ValueError("wire type %d" % wt)
-        out.append((num, v))
-    return out
-
-
-def _read_varint(buf, i):
-    n = shift = 0
-    while True:
-        b = buf[i]
-        i += 1
-        n |= (b & 0x7F) << shift
-        shift += 7
-        if not b & 0x80:
-            return n, i
+pb_field = pbwire.field
+pb_parse = pbwire.parse
 
 
 OP = {"STATUS": 0, "MOUNT": 1, "UMOUNT": 2, "UPGRADE": 3, "RESTART": 4, "REEXEC": 5}

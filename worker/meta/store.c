@@ -123,7 +123,8 @@ static MetaStore *store_new(const char *dir) {
         return s;
 }
 
-int meta_store_open(const char *dir, MetaStore **ret, ErrMsg *err) {
+/* A store with its options set and no database open yet. */
+static int store_prepare(const char *dir, MetaStore **ret) {
         MetaStore *s = store_new(dir);
         if (!s)
                 return -ENOMEM;
@@ -132,6 +133,15 @@ int meta_store_open(const char *dir, MetaStore **ret, ErrMsg *err) {
                 meta_store_close(s);
                 return r;
         }
+        *ret = s;
+        return 0;
+}
+
+int meta_store_open(const char *dir, MetaStore **ret, ErrMsg *err) {
+        MetaStore *s;
+        int r = store_prepare(dir, &s);
+        if (r < 0)
+                return r;
 
         char *e = NULL;
         s->db = rocksdb_open(s->options, dir, &e);
@@ -150,14 +160,10 @@ int meta_store_open_lazy(const char *dir, MetaStore **ret, ErrMsg *err) {
         snprintf(current, sizeof(current), "%s/CURRENT", dir);
         if (access(current, F_OK) < 0)
                 return meta_store_open(dir, ret, err); /* creates it */
-        MetaStore *s = store_new(dir);
-        if (!s)
-                return -ENOMEM;
-        int r = store_options(s);
-        if (r < 0) {
-                meta_store_close(s);
+        MetaStore *s;
+        int r = store_prepare(dir, &s);
+        if (r < 0)
                 return r;
-        }
         char *e = NULL;
         s->ro = rocksdb_open_for_read_only(s->options, dir, 0, &e);
         if (e) {
