@@ -42,6 +42,10 @@ static void help(FILE *f) {
 "                             a worker that served for a second or more is\n"
 "                             replaced at once; quicker deaths wait 100 ms,\n"
 "                             doubling\n"
+"  --no-standby               do not keep a standby worker; by default one\n"
+"                             holds every mount (reading none) and takes over\n"
+"                             the moment the serving worker exits, so a crash\n"
+"                             costs no process start (about 15 MB of memory)\n"
 "  --help                     show this help\n"
 "\n"
 "Signals: SIGTERM and SIGINT drain the worker and stop. Mounts are detached\n"
@@ -113,6 +117,7 @@ int main(int argc, char **argv) {
                 { "restart-limit", required_argument, NULL, 'l' },
                 { "restart-delay-max", required_argument, NULL, 'd' },
                 { "restore-fd", required_argument, NULL, 'R' },
+                { "no-standby", no_argument, NULL, 'S' },
                 { "help", no_argument, NULL, 'h' },
                 {},
         };
@@ -123,6 +128,7 @@ int main(int argc, char **argv) {
         s->restart_burst = 10;
         s->restart_interval_ms = 60000;
         s->delay_max_ms = 5000;
+        s->want_standby = true;
         while ((c = getopt_long(argc, argv, "h", opts, NULL)) >= 0)
                 switch (c) {
                 case 'r': root = optarg; break;
@@ -145,6 +151,7 @@ int main(int argc, char **argv) {
                         break;
                 }
                 case 'R': restore_fd = atoi(optarg); break;
+                case 'S': s->want_standby = false; break;
                 case 'h': help(stdout); return 0;
                 default: help(stderr); return 2;
                 }
@@ -186,6 +193,8 @@ int main(int argc, char **argv) {
         s->start_ms = now_ms();
         uv_timer_init(&loop, &s->respawn_timer);
         s->respawn_timer.data = s;
+        uv_timer_init(&loop, &s->standby_timer);
+        s->standby_timer.data = s;
         uv_signal_init(&loop, &s->sigterm);
         uv_signal_init(&loop, &s->sigint);
         s->sigterm.data = s->sigint.data = s;
@@ -225,7 +234,7 @@ int main(int argc, char **argv) {
         free(s->root);
         free(s->worker_path);
         free(s->self_path);
-        free(s->next_path);
+        free(s->standby_path);
         log_info("stopped");
         return s->exit_code;
 }

@@ -38,7 +38,7 @@ static void set_cloexec_all(Supervisor *s, const StateExtra *x, int memfd, bool 
 }
 
 int supervisor_reexec(Supervisor *s, CtlConn *c, ErrMsg *err) {
-        if (s->upgrading || s->next)
+        if (s->upgrading)
                 return errmsg_set(err, -EBUSY, "a worker upgrade is in progress; try again");
         Worker *w = s->current;
         if (w && w->state != WORKER_SERVING)
@@ -57,8 +57,16 @@ int supervisor_reexec(Supervisor *s, CtlConn *c, ErrMsg *err) {
                 .worker_generation = w ? w->generation : 0,
                 .worker_serving_ms = w ? w->serving_ms : 0,
         };
+        /* The standby is not carried across: the new image starts one. */
+        if (s->standby) {
+                worker_reap_now(s->standby, "the supervisor re-executes");
+                worker_free(TAKE_PTR(s->standby));
+                free(TAKE_PTR(s->standby_path));
+        }
         int memfd;
         int r = state_save(s, &x, &memfd);
+        if (r < 0)
+                supervisor_want_standby(s);
         if (r < 0)
                 return errmsg_set(err, r, "cannot save the state: %s", strerror(-r));
         char fdarg[16], limit[48], delay[24];
@@ -67,7 +75,7 @@ int supervisor_reexec(Supervisor *s, CtlConn *c, ErrMsg *err) {
         snprintf(delay, sizeof(delay), "%" PRIu64, s->delay_max_ms);
         char *const argv[] = {
                 s->self_path, "--root", s->root, "--worker", s->worker_path, "--restart-limit", limit,
-                "--restart-delay-max", delay, "--restore-fd", fdarg, NULL,
+                "--restart-delay-max", delay, "--restore-fd", fdarg, s->want_standby ? NULL : "--no-standby", NULL,
         };
         log_info("re-executing %s with %zu mounts%s", s->self_path, s->mounts.count,
                  w ? ", keeping the worker" : "");
@@ -78,6 +86,7 @@ int supervisor_reexec(Supervisor *s, CtlConn *c, ErrMsg *err) {
         r = -errno;
         set_cloexec_all(s, &x, memfd, true);
         close(memfd);
+        supervisor_want_standby(s);
         return errmsg_set(err, r, "execv %s: %s", s->self_path, strerror(-r));
 }
 
@@ -109,6 +118,7 @@ int supervisor_restore(Supervisor *s, int state_fd, ErrMsg *err) {
                                  x.worker_serving_ms, &s->current);
                 if (r < 0)
                         return errmsg_set(err, r, "cannot adopt worker %d: %s", (int) x.worker_pid, strerror(-r));
+                supervisor_want_standby(s);
         }
         log_info("re-executed: %zu mounts, worker %d (generation %" PRIu64 ")", s->mounts.count,
                  s->current ? (int) s->current->pid : 0, s->generation);

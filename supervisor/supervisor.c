@@ -4,10 +4,12 @@
  * Runs on the one libuv loop.
  *
  * Invariants:
- * - at most two workers: current (gets the mounts) and next (an upgrade
- *   that waits for current to exit);
- * - the mounts go to a worker only once the previous holder is reaped, so
- *   two workers never read one connection;
+ * - at most two workers: current (serves the mounts) and standby (holds
+ *   every mount's record and fd, reads none, and takes over when current
+ *   exits: after a crash, or when an upgrade drains current); a standby
+ *   replaced by an upgrade is killed and only reaped;
+ * - WorkerGo goes to a worker only once the previous one is reaped, so two
+ *   workers never read one connection;
  * - a worker's death never drops a mount; only UMOUNT, a worker refusing a
  *   new MOUNT, or a plain stop do. */
 #include "supervisor/supervisor.h"
@@ -32,6 +34,9 @@
  * successor starts at once (readers are waiting); only quick deaths back
  * off. */
 #define HEALTHY_MS 1000
+/* A new standby starts this long after a worker took over, so that its
+ * exec and store open do not compete with the first requests. */
+#define STANDBY_DELAY_MS UINT64_C(300)
 
 uint64_t now_us(void) {
         struct timespec ts;
@@ -65,13 +70,35 @@ static void fail_waiting_mounts(Supervisor *s, const char *why) {
 
 static void on_respawn_timer(uv_timer_t *t) {
         Supervisor *s = t->data;
-        if (!s->current && !s->next && !s->stopping && !s->gave_up)
+        if (!s->current && !s->standby && !s->stopping && !s->gave_up)
                 supervisor_spawn_current(s);
 }
 
-/* A worker died without being asked to (or could not be started): count
- * it, and respawn after the backoff unless this is a crash loop. */
-static void respawn_later(Supervisor *s, const Worker *dead) {
+static void on_standby_timer(uv_timer_t *t) {
+        Supervisor *s = t->data;
+        if (!s->want_standby || s->standby || s->stopping || s->gave_up || s->upgrading)
+                return;
+        if (!s->current || s->current->state != WORKER_SERVING)
+                return; /* armed again when one serves */
+        ErrMsg err = {};
+        Worker *w;
+        if (worker_spawn(s, s->worker_path, ++s->generation, &w, &err) < 0) {
+                log_error("cannot start a standby worker: %s", err.text);
+                s->backoff_ms = s->backoff_ms ? MIN(s->backoff_ms * 2, s->delay_max_ms) : 100;
+                supervisor_want_standby(s);
+                return;
+        }
+        s->standby = w;
+}
+
+void supervisor_want_standby(Supervisor *s) {
+        if (s->want_standby && !s->standby && !s->stopping && !s->gave_up)
+                uv_timer_start(&s->standby_timer, on_standby_timer, MAX(s->backoff_ms, STANDBY_DELAY_MS), 0);
+}
+
+/* A worker died without being asked to: counts it; true when that makes
+ * a crash loop (then respawning stops, and mounts stay). */
+static bool crash_loop(Supervisor *s) {
         uint64_t t = now_ms();
         s->deaths[s->n_deaths++ % RESTART_BURST_MAX] = t;
         unsigned recent = 0;
@@ -84,9 +111,21 @@ static void respawn_later(Supervisor *s, const Worker *dead) {
                           "Mounts are kept but not served; 'holdfastctl restart' tries again.",
                           recent, s->restart_interval_ms / 1000);
                 fail_waiting_mounts(s, "the worker keeps dying; respawning given up");
+                if (s->standby) {
+                        s->standby->asked_to_exit = true;
+                        worker_kill(TAKE_PTR(s->standby), "respawning was given up");
+                }
                 sd_status(s);
-                return;
+                return true;
         }
+        return false;
+}
+
+/* Respawns current after the backoff unless this is a crash loop. */
+static void respawn_later(Supervisor *s, const Worker *dead) {
+        if (crash_loop(s))
+                return;
+        uint64_t t = now_ms();
         if (dead && dead->serving_ms && t - dead->serving_ms >= HEALTHY_MS)
                 s->backoff_ms = 0;
         uint64_t delay = s->backoff_ms;
@@ -110,14 +149,19 @@ int supervisor_spawn_current(Supervisor *s) {
         return 0;
 }
 
-static void promote_next(Supervisor *s) {
-        Worker *w = TAKE_PTR(s->next);
+/* current is gone: the standby serves (now if it holds the mounts, else
+ * when its WorkerReady comes). */
+static void promote_standby(Supervisor *s) {
+        Worker *w = TAKE_PTR(s->standby);
         s->current = w;
-        free(s->worker_path);
-        s->worker_path = TAKE_PTR(s->next_path);
-        if (!s->drain_start_us)
+        if (s->standby_path) {
+                free(s->worker_path);
+                s->worker_path = TAKE_PTR(s->standby_path);
+        }
+        if (s->upgrading && !s->drain_start_us)
                 s->drain_start_us = now_us();
-        worker_start(w); /* on failure it is killed; its exit says what next */
+        if (w->state == WORKER_HOLDING)
+                worker_go(w); /* on failure it is killed; its exit says what next */
 }
 
 static void upgrade_done(Supervisor *s, int error, const char *fmt, ...) _printf_(3, 4);
@@ -140,20 +184,26 @@ static void upgrade_done(Supervisor *s, int error, const char *fmt, ...) {
 }
 
 void supervisor_on_worker_ready(Supervisor *s, Worker *w) {
+        if (w != s->current && w != s->standby)
+                return; /* a replaced standby, killed: its exit is on the way */
+        if (worker_load(w) < 0)
+                return; /* killed; its exit says what next */
         if (w == s->current) {
-                worker_start(w);
+                worker_go(w);
                 return;
         }
-        assert(w == s->next);
+        assert(w == s->standby);
+        if (!s->current) {
+                promote_standby(s);
+                return;
+        }
+        if (!s->upgrading)
+                return; /* holds until current exits */
         Worker *old = s->current;
         s->drain_start_us = now_us();
-        if (!worker_alive(old)) {
-                promote_next(s);
-                return;
-        }
         old->asked_to_exit = true;
-        if (old->state == WORKER_SPAWNED || old->state == WORKER_READY)
-                worker_kill(old, "replaced before it was given the mounts");
+        if (old->state == WORKER_SPAWNED || old->state == WORKER_READY || old->state == WORKER_HOLDING)
+                worker_kill(old, "replaced before it served");
         else if (old->state != WORKER_DRAINING)
                 worker_drain(old, DRAIN_TIMEOUT_MS);
 }
@@ -169,6 +219,7 @@ void supervisor_on_worker_serving(Supervisor *s, Worker *w) {
                  w->generation, s->mounts.count, since ? s->last_stall_us : 0);
         if (s->upgrading)
                 upgrade_done(s, 0, "worker %d serves %zu mounts", (int) w->pid, s->mounts.count);
+        supervisor_want_standby(s);
         sd_status(s);
 }
 
@@ -189,8 +240,11 @@ void supervisor_on_mount_status(Supervisor *s, Worker *w, Mount *m, const holdfa
                 m->initialized = true;
                 memcpy(m->init, st->init.bytes, st->init.size);
                 m->init_size = st->init.size;
-                if (changed)
+                if (changed) {
                         sd_store_state(s);
+                        if (s->standby && s->standby->state == WORKER_HOLDING)
+                                worker_send_mount(s->standby, m);
+                }
         }
         if (m->waiter) {
                 holdfast_CtlReply reply = holdfast_CtlReply_init_zero;
@@ -203,18 +257,31 @@ void supervisor_on_worker_exit(Supervisor *s, Worker *w) {
         bool crashed = !w->asked_to_exit;
         if (crashed)
                 s->restarts++;
-        if (w == s->next) {
-                s->next = NULL;
-                free(TAKE_PTR(s->next_path));
+        if (w == s->standby) {
+                s->standby = NULL;
+                free(TAKE_PTR(s->standby_path));
                 if (s->upgrading)
-                        upgrade_done(s, -ECHILD, "the new worker %s before it was ready; the old one keeps serving",
+                        upgrade_done(s, -ECHILD, "the new worker %s before it took over; the old one keeps serving",
                                      w->exit_text);
                 worker_free(w);
-                if (!s->current && !s->stopping)
+                if (s->stopping)
+                        return supervisor_stop(s);
+                if (crashed && crash_loop(s))
+                        return;
+                if (crashed)
+                        s->backoff_ms = s->backoff_ms ? MIN(s->backoff_ms * 2, s->delay_max_ms) : 100;
+                if (!s->current)
                         respawn_later(s, NULL);
+                else
+                        supervisor_want_standby(s);
                 return;
         }
-        assert(w == s->current);
+        if (w != s->current) {
+                worker_free(w); /* a standby an upgrade replaced */
+                if (s->stopping)
+                        supervisor_stop(s);
+                return;
+        }
         s->current = NULL;
         for (Mount *m = s->mounts.head; m; m = m->next)
                 m->served = false;
@@ -225,15 +292,15 @@ void supervisor_on_worker_exit(Supervisor *s, Worker *w) {
                 supervisor_stop(s);
                 return;
         }
-        if (s->upgrading && !s->next)
+        if (s->upgrading && !s->standby)
                 /* The new worker died while taking over. */
                 upgrade_done(s, -ECHILD, "the new worker %s while taking over the mounts; respawning",
                              w->exit_text);
-        if (s->next) {
-                if (s->next->state == WORKER_READY)
-                        promote_next(s);
-                /* else: promoted when its WorkerReady comes */
-        } else
+        if (s->standby && !(crashed && crash_loop(s))) {
+                if (crashed && w->serving_ms && now_ms() - w->serving_ms >= HEALTHY_MS)
+                        s->backoff_ms = 0;
+                promote_standby(s);
+        } else if (!s->gave_up)
                 respawn_later(s, w);
         worker_free(w);
         sd_status(s);
@@ -255,6 +322,7 @@ static void fill_status(Supervisor *s, holdfast_CtlReply *reply) {
         reply->mounts = (uint32_t) s->mounts.count;
         reply->stall_us = s->last_stall_us;
         reply->supervisor_pid = (uint32_t) getpid();
+        reply->standby_pid = worker_alive(s->standby) && s->standby->state == WORKER_HOLDING ? (uint32_t) s->standby->pid : 0;
 }
 
 static void do_status(Supervisor *s, CtlConn *c) {
@@ -315,6 +383,8 @@ static void do_mount(Supervisor *s, CtlConn *c, const holdfast_CtlRequest *req) 
         if (w && (w->state == WORKER_STARTING || w->state == WORKER_SERVING))
                 worker_send_mount(w, m);
         /* else the next start sequence carries it; the reply waits for it */
+        if (s->standby && s->standby->state == WORKER_HOLDING)
+                worker_send_mount(s->standby, m);
 }
 
 static void do_umount(Supervisor *s, CtlConn *c, const holdfast_CtlRequest *req) {
@@ -334,6 +404,8 @@ static void do_umount(Supervisor *s, CtlConn *c, const holdfast_CtlRequest *req)
                 return ctl_conn_reply_error(c, r, "umount %s: %s", m->mountpoint, strerror(-r));
         if (worker_alive(s->current) && m->sent_gen == s->current->generation)
                 worker_send_unmount(s->current, m->id);
+        if (s->standby && s->standby->state == WORKER_HOLDING)
+                worker_send_unmount(s->standby, m->id);
         if (m->waiter)
                 ctl_conn_reply_error(TAKE_PTR(m->waiter), -ECANCELED, "unmounted before it was served");
         log_info("unmounted %s (id %" PRIu64 ")", m->mountpoint, m->id);
@@ -346,7 +418,7 @@ static void do_umount(Supervisor *s, CtlConn *c, const holdfast_CtlRequest *req)
 }
 
 static void do_upgrade(Supervisor *s, CtlConn *c, const holdfast_CtlRequest *req, bool restart) {
-        if (s->upgrading || s->next)
+        if (s->upgrading)
                 return ctl_conn_reply_error(c, -EBUSY, "an upgrade is already in progress");
         const char *path = s->worker_path;
         if (!restart && req->worker_path[0]) {
@@ -366,9 +438,16 @@ static void do_upgrade(Supervisor *s, CtlConn *c, const holdfast_CtlRequest *req
                 return ctl_conn_reply_error(c, r, "cannot start the new worker: %s%s", err.text,
                                             worker_alive(s->current) ? "; the old one keeps serving" : "");
         }
+        /* The new worker replaces the standby (it holds the old binary). */
+        if (s->standby) {
+                s->standby->asked_to_exit = true;
+                worker_kill(TAKE_PTR(s->standby), "replaced by the upgrade's worker");
+                free(TAKE_PTR(s->standby_path));
+        }
+        uv_timer_stop(&s->standby_timer);
         s->generation++;
-        s->next = w;
-        s->next_path = p;
+        s->standby = w;
+        s->standby_path = p;
         s->upgrading = true;
         s->upgrade_waiter = c;
         s->drain_start_us = 0;
@@ -418,9 +497,10 @@ void supervisor_stop(Supervisor *s) {
                 if (s->upgrading)
                         upgrade_done(s, -ESHUTDOWN, "the supervisor is stopping");
         }
-        if (worker_alive(s->next)) {
-                s->next->asked_to_exit = true;
-                worker_kill(s->next, "the supervisor is stopping");
+        uv_timer_stop(&s->standby_timer);
+        if (worker_alive(s->standby)) {
+                s->standby->asked_to_exit = true;
+                worker_kill(s->standby, "the supervisor is stopping");
                 return;
         }
         if (worker_alive(s->current)) {
@@ -432,7 +512,7 @@ void supervisor_stop(Supervisor *s) {
                         worker_kill(w, "the supervisor is stopping");
                 return;
         }
-        if (s->next)
+        if (s->standby)
                 return; /* its exit calls us again */
         if (!s->under_systemd) {
                 for (Mount *m = s->mounts.head; m; m = m->next) {
@@ -446,6 +526,7 @@ void supervisor_stop(Supervisor *s) {
                 log_info("keeping %zu mounts: their fds are in systemd's fdstore", s->mounts.count);
         mount_table_clear(&s->mounts);
         uv_close((uv_handle_t *) &s->respawn_timer, NULL);
+        uv_close((uv_handle_t *) &s->standby_timer, NULL);
         uv_close((uv_handle_t *) &s->sigterm, NULL);
         uv_close((uv_handle_t *) &s->sigint, NULL);
         if (uv_is_active((uv_handle_t *) &s->watchdog_timer) || s->watchdog_usec)

@@ -1,6 +1,6 @@
 /* The supervisor: one libuv loop, no threads. It owns the mounts (their
- * /dev/fuse fds), at most two worker processes (the one serving and, during
- * an upgrade, the one about to take over), the control socket and the
+ * /dev/fuse fds), at most two worker processes (the one serving and a
+ * standby that holds every mount, ready to take over), the control socket and the
  * systemd hooks. Each piece lives in its own file; this header is the
  * state they share and the events they report to supervisor.c, which
  * holds the policy (when to respawn, how an upgrade proceeds). */
@@ -28,8 +28,12 @@ typedef struct Supervisor {
         CtlServer ctl;
 
         Worker *current;           /* serving, or about to: gets the mounts */
-        Worker *next;              /* UPGRADE/RESTART: started, waiting for current to go */
-        char *next_path;           /* owned; binary of next */
+        Worker *standby;           /* holds the mounts, reads none; takes
+                                    * over when current exits (a crash, or
+                                    * an UPGRADE/RESTART that drains it) */
+        char *standby_path;        /* owned; binary of standby */
+        bool want_standby;         /* --standby (default on) */
+        uv_timer_t standby_timer;  /* spawns the standby a while after a start */
         bool upgrading;
         CtlConn *upgrade_waiter;   /* borrowed; NULL when the client is gone */
         uint64_t drain_start_us;   /* Drain (or death) -> last MountStatus */
@@ -74,6 +78,8 @@ void supervisor_on_request(Supervisor *s, CtlConn *c, const holdfast_CtlRequest 
 /* The control connection c is going away: forget any pointer to it. */
 void supervisor_forget_conn(Supervisor *s, CtlConn *c);
 int supervisor_spawn_current(Supervisor *s);
+/* Arms the standby timer when a standby is wanted and missing. */
+void supervisor_want_standby(Supervisor *s);
 void supervisor_stop(Supervisor *s);
 
 /* reexec.c */

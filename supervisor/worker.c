@@ -38,7 +38,8 @@
 const char *worker_state_to_string(WorkerState st) {
         static const char *const names[] = {
                 [WORKER_SPAWNED] = "spawned",   [WORKER_READY] = "ready",
-                [WORKER_STARTING] = "starting", [WORKER_SERVING] = "serving",
+                [WORKER_HOLDING] = "holding",   [WORKER_STARTING] = "starting",
+                [WORKER_SERVING] = "serving",
                 [WORKER_DRAINING] = "draining", [WORKER_EXITED] = "exited",
         };
         return st < ELEMENTSOF(names) ? names[st] : "?";
@@ -139,6 +140,13 @@ int worker_spawn(Supervisor *s, const char *path, uint64_t generation, Worker **
         int sv[2];
         if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
                 return errmsg_set(err, -errno, "socketpair: %s", strerror(errno));
+        /* The worker's heap on transparent huge pages: a killed worker's
+         * memory is freed before its pidfd reports the exit, and with 4 KiB
+         * pages that costs about 0.1 ms per MB here (16 ms for 200 MB, 2 ms
+         * with huge pages), all of it a stall for the readers. */
+        char tunables[512];
+        const char *prev = getenv("GLIBC_TUNABLES");
+        snprintf(tunables, sizeof(tunables), "%s%sglibc.malloc.hugetlb=1:glibc.malloc.arena_max=1", prev ? prev : "", prev ? ":" : "");
         /* The child must not see systemd's variables: they are the
          * supervisor's (NotifyAccess=main), and LISTEN_FDS was consumed. */
         pid_t pid = fork();
@@ -155,6 +163,7 @@ int worker_spawn(Supervisor *s, const char *path, uint64_t generation, Worker **
                 unsetenv("LISTEN_FDS");
                 unsetenv("LISTEN_PID");
                 unsetenv("LISTEN_FDNAMES");
+                setenv("GLIBC_TUNABLES", tunables, 1);
                 close(sv[0]);
                 child_exec(path, s->root, sv[1]);
         }
@@ -228,6 +237,19 @@ void worker_kill(Worker *w, const char *why) {
                 log_error("pidfd_send_signal(%d): %s", (int) w->pid, strerror(errno));
 }
 
+void worker_reap_now(Worker *w, const char *why) {
+        worker_kill(w, why);
+        siginfo_t si = {};
+        if (w->state != WORKER_EXITED && waitid((idtype_t) P_PIDFD, (id_t) w->pidfd, &si, WEXITED) < 0)
+                log_error("waitid(worker %d): %s", (int) w->pid, strerror(errno));
+        w->state = WORKER_EXITED;
+        if (w->open_handles) {
+                uv_poll_stop(&w->pid_poll);
+                uv_poll_stop(&w->sock_poll);
+                uv_timer_stop(&w->timer);
+        }
+}
+
 static void worker_garbage(Worker *w, const char *what) {
         w->misbehaved = true;
         if (w->sock_polling) {
@@ -258,7 +280,7 @@ static void mount_record(Mount *m, holdfast_Envelope *e) {
         mr->init.size = (pb_size_t) m->init_size;
 }
 
-int worker_start(Worker *w) {
+int worker_load(Worker *w) {
         Supervisor *s = w->sup;
         assert(w->state == WORKER_READY);
         holdfast_Envelope e = holdfast_Envelope_init_zero;
@@ -266,28 +288,37 @@ int worker_start(Worker *w) {
         e.msg.worker_start.generation = w->generation;
         snprintf(e.msg.worker_start.root, sizeof(e.msg.worker_start.root), "%s", s->root);
         e.msg.worker_start.n_mounts = (uint32_t) s->mounts.count;
-        for (Mount *m = s->mounts.head; m; m = m->next)
-                if (m->sent_gen != 0 || m->initialized)
-                        e.msg.worker_start.takeover = true;
         int r = send_env(w, &e, -1);
         if (r < 0)
                 return r;
-        w->pending = 0;
         for (Mount *m = s->mounts.head; m; m = m->next) {
                 mount_record(m, &e);
                 r = send_env(w, &e, m->fd);
                 if (r < 0)
                         return r;
+        }
+        w->state = WORKER_HOLDING;
+        return 0;
+}
+
+int worker_go(Worker *w) {
+        Supervisor *s = w->sup;
+        assert(w->state == WORKER_HOLDING);
+        holdfast_Envelope e = holdfast_Envelope_init_zero;
+        e.which_msg = holdfast_Envelope_worker_go_tag;
+        for (Mount *m = s->mounts.head; m; m = m->next)
+                if (m->sent_gen != 0 || m->initialized)
+                        e.msg.worker_go.takeover = true;
+        int r = send_env(w, &e, -1);
+        if (r < 0)
+                return r;
+        w->pending = 0;
+        for (Mount *m = s->mounts.head; m; m = m->next) {
                 m->sent_gen = w->generation;
                 m->in_batch = true;
                 m->served = false;
                 w->pending++;
         }
-        e = (holdfast_Envelope) holdfast_Envelope_init_zero;
-        e.which_msg = holdfast_Envelope_worker_go_tag;
-        r = send_env(w, &e, -1);
-        if (r < 0)
-                return r;
         w->state = WORKER_STARTING;
         if (w->pending == 0) {
                 w->state = WORKER_SERVING;
@@ -301,7 +332,7 @@ int worker_send_mount(Worker *w, Mount *m) {
         holdfast_Envelope e;
         mount_record(m, &e);
         int r = send_env(w, &e, m->fd);
-        if (r < 0)
+        if (r < 0 || w->state == WORKER_HOLDING)
                 return r;
         m->sent_gen = w->generation;
         m->in_batch = false;

@@ -19,7 +19,8 @@ typedef struct Mount Mount;
 typedef enum WorkerState {
         WORKER_SPAWNED,   /* waiting for WorkerReady */
         WORKER_READY,     /* WorkerReady came; nothing sent yet */
-        WORKER_STARTING,  /* WorkerStart..WorkerGo sent; MountStatus pending */
+        WORKER_HOLDING,   /* has every mount's record and fd; reads none */
+        WORKER_STARTING,  /* WorkerGo sent; MountStatus pending */
         WORKER_SERVING,
         WORKER_DRAINING,  /* Drain sent; waiting for its exit */
         WORKER_EXITED,    /* reaped; handles closing */
@@ -55,13 +56,20 @@ int worker_spawn(Supervisor *s, const char *path, uint64_t generation, Worker **
 int worker_adopt(Supervisor *s, pid_t pid, int take_pidfd, int take_sock, uint64_t generation,
                  uint64_t serving_ms, Worker **ret);
 
-/* WorkerStart, every mount with its fd, WorkerGo. READY -> STARTING (or
- * SERVING with no mounts). */
-int worker_start(Worker *w);
+/* WorkerStart and every mount with its fd: READY -> HOLDING. */
+int worker_load(Worker *w);
+/* WorkerGo: HOLDING -> STARTING (or SERVING with no mounts). Only once
+ * the previous holder of the mounts was reaped. */
+int worker_go(Worker *w);
+/* A new mount, or one whose INIT parameters changed, to a worker that
+ * holds or serves the others. */
 int worker_send_mount(Worker *w, Mount *m);
 int worker_send_unmount(Worker *w, uint64_t id);
 /* Sends Drain, arms the SIGKILL deadline. */
 int worker_drain(Worker *w, uint64_t timeout_ms);
 void worker_kill(Worker *w, const char *why);
+/* SIGKILL and wait for the exit right here (blocking): for a worker that
+ * must be gone before the next step, and whose exit nobody reports. */
+void worker_reap_now(Worker *w, const char *why);
 /* After supervisor_on_worker_exit(): closes the handles, frees. */
 void worker_free(Worker *w);

@@ -1,14 +1,17 @@
 /* The worker side of the worker protocol (docs/design.md, "The worker
  * protocol"), on the main thread:
  *
- *   -> WorkerReady{pid}            before any state is opened
- *   <- WorkerStart, n x MountRecord (+fd), WorkerGo
- *      open the store; adopt every connection (initialized ones: restore
- *      the INIT blob, write FUSE_NOTIFY_RESEND, serve; new ones: open the
+ *      open the store (a secondary: no lock)
+ *   -> WorkerReady{pid}
+ *   <- WorkerStart, MountRecord (+fd) per mount
+ *   <- MountRecord | Unmount       any number: the hold (a standby)
+ *   <- WorkerGo                    the previous worker is gone: catch the
+ *      store up; adopt every connection (initialized ones: restore the
+ *      INIT blob, write FUSE_NOTIFY_RESEND, serve; new ones: open the
  *      layer, wait for FUSE_INIT)
  *   -> MountStatus per mount (after FUSE_INIT for a new one)
  *   <- MountRecord (new mount) | Unmount | Drain, any number of times
- *   -> Drained after Drain, then exit 0
+ *   -> Drained after Drain (also during the hold), then exit 0
  *
  * Anything undecodable, unexpected or out of range from the supervisor is
  * logged and ends the worker with status 1: the supervisor then replaces
@@ -23,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "common/ipc/msg.h"
@@ -133,32 +137,25 @@ static int mount_new(Supervised *w, const holdfast_MountRecord *m, int take_fd) 
         return 0;
 }
 
-/* A connection a previous worker served: no INIT will come. */
-static int mount_adopt(Supervised *w, const holdfast_MountRecord *m, int take_fd) {
+/* A connection a previous worker served (no INIT will come), set up
+ * during the hold: a session with the recorded parameters, in the epoll
+ * set, not read until the threads start at WorkerGo. Takes fd. On failure
+ * *why says what MountStatus will tell at WorkerGo. */
+static int mount_prepare(Supervised *w, const holdfast_MountRecord *m, int take_fd, FuseParams *p,
+                         const char **why) {
         _cleanup_close_ int fd = take_fd;
-        FuseParams p;
-        int r = fuse_params_decode(m->init.bytes, m->init.size, &p);
+        int r = fuse_params_decode(m->init.bytes, m->init.size, p);
         if (r < 0) {
                 log_error_errno(r, "mount %" PRIu64 ": the recorded INIT parameters are unusable: %m", m->id);
-                return send_status(w, m->id, r, "recorded FUSE_INIT parameters are invalid", NULL);
+                *why = "recorded FUSE_INIT parameters are invalid";
+                return r;
         }
-        /* Requests the dead worker read but did not answer go back to the
-         * queue (bit 63 set in their unique). The supervisor saw that
-         * worker die before sending WorkerGo, so nobody else reads. */
-        r = fuse_notify_resend(fd);
-        if (r < 0)
-                log_warn_errno(r, "mount %" PRIu64 ": FUSE_NOTIFY_RESEND failed: %m", m->id);
-        r = fuse_server_add(w->srv, m->id, TAKE_FD(fd), m->source, &p, NULL, NULL);
-        if (r == -EEXIST) {
-                log_error("Protocol error: mount %" PRIu64 " is served already", m->id);
-                return -EPROTO;
-        }
+        r = fuse_server_add(w->srv, m->id, TAKE_FD(fd), m->source, p, NULL, NULL);
         if (r < 0) {
                 log_error_errno(r, "mount %" PRIu64 ": cannot serve: %m", m->id);
-                return send_status(w, m->id, r, "cannot serve the connection", NULL);
+                *why = "cannot serve the connection";
         }
-        log_info("mount %" PRIu64 ": took over %s on %s", m->id, m->source, m->mountpoint);
-        return send_status(w, m->id, 0, NULL, &p);
+        return r;
 }
 
 static int check_record(const holdfast_MountRecord *m, int fd) {
@@ -181,11 +178,160 @@ static int check_record(const holdfast_MountRecord *m, int fd) {
         return 0;
 }
 
-typedef struct Pending {
-        holdfast_MountRecord rec;
-        int fd;
-} Pending;
+static uint64_t mono_us(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t) ts.tv_sec * 1000000 + (uint64_t) ts.tv_nsec / 1000;
+}
 
+/* The mounts a worker holds before WorkerGo, in the order they came. An
+ * initialized one is prepared at once (mount_prepare: its fd then belongs
+ * to the server); a new one keeps its fd until WorkerGo. */
+typedef struct Held {
+        holdfast_MountRecord rec;
+        int fd;                  /* owned until prepared; then the session's */
+        bool prepared;
+        int error;               /* preparing failed: MountStatus at WorkerGo */
+        const char *why;
+        FuseParams params;
+} Held;
+
+typedef struct HeldSet {
+        Held *v;
+        size_t n, cap;
+} HeldSet;
+
+static void held_clear(HeldSet *h) {
+        for (size_t i = 0; i < h->n; i++)
+                if (!h->v[i].prepared && h->v[i].fd >= 0)
+                        close(h->v[i].fd);
+        free(h->v);
+        *h = (HeldSet) {};
+}
+
+static Held *held_find(HeldSet *h, uint64_t id) {
+        for (size_t i = h->n; i > 0; i--)
+                if (h->v[i - 1].rec.id == id)
+                        return &h->v[i - 1];
+        return NULL;
+}
+
+/* Lets go of a held mount (its session too, when prepared). */
+static void held_release(Supervised *w, Held *x) {
+        if (x->prepared)
+                (void) fuse_server_remove(w->srv, x->rec.id);
+        else if (x->fd >= 0)
+                close(x->fd);
+        x->prepared = false;
+        x->fd = -EBADF;
+}
+
+/* A record for a new mount, or a newer one (FUSE_INIT answered since) for
+ * a held mount. Takes fd. */
+static int held_put(Supervised *w, HeldSet *h, const holdfast_MountRecord *m, int take_fd) {
+        _cleanup_close_ int fd = take_fd;
+        Held *x = held_find(h, m->id);
+        if (!x) {
+                if (h->n >= MAX_MOUNTS) {
+                        log_error("Protocol error: more than %d mounts", MAX_MOUNTS);
+                        return -EPROTO;
+                }
+                if (h->n == h->cap) {
+                        size_t cap = h->cap ? h->cap * 2 : 64;
+                        Held *v = realloc(h->v, cap * sizeof(*v));
+                        if (!v)
+                                return -ENOMEM;
+                        h->v = v;
+                        h->cap = cap;
+                }
+                x = &h->v[h->n++];
+                *x = (Held) { .fd = -EBADF };
+        }
+        held_release(w, x);
+        x->rec = *m;
+        x->error = 0;
+        x->fd = TAKE_FD(fd);
+        if (!m->initialized)
+                return 0;
+        int r = mount_prepare(w, &x->rec, x->fd, &x->params, &x->why);
+        if (r == -EEXIST) {
+                log_error("Protocol error: two sessions for mount %" PRIu64, m->id);
+                return -EPROTO;
+        }
+        x->prepared = r >= 0;
+        if (r < 0) {
+                x->fd = -EBADF; /* closed by mount_prepare */
+                x->error = r;
+        }
+        return 0;
+}
+
+static void held_drop(Supervised *w, HeldSet *h, uint64_t id) {
+        Held *x = held_find(h, id);
+        if (!x) {
+                log_warn("Unmount of mount %" PRIu64 ", which is not held", id);
+                return;
+        }
+        held_release(w, x);
+        memmove(x, x + 1, (size_t) (h->v + h->n - (x + 1)) * sizeof(*x));
+        h->n--;
+}
+
+/* WorkerGo: the previous holder of these connections is gone. The
+ * prepared connections only need their threads and a RESEND each
+ * (requests the dead worker had read but not answered go back to the
+ * queue, bit 63 set in their unique): all of that before any MountStatus,
+ * so the last connection waits as little as the first. Then the new
+ * mounts open their layers. */
+static int go(Supervised *w, HeldSet *h, bool takeover) {
+        uint64_t t0 = mono_us();
+        int r = fuse_server_start(w->srv);
+        if (r < 0) {
+                log_error_errno(r, "Cannot start serving threads: %m");
+                return r;
+        }
+        size_t adopted = 0;
+        for (size_t i = 0; i < h->n; i++) {
+                Held *x = &h->v[i];
+                if (!x->prepared)
+                        continue;
+                r = fuse_notify_resend(x->fd);
+                if (r < 0)
+                        log_warn_errno(r, "mount %" PRIu64 ": FUSE_NOTIFY_RESEND failed: %m", x->rec.id);
+                adopted++;
+        }
+        uint64_t t1 = mono_us();
+        for (size_t i = 0; i < h->n; i++) {
+                Held *x = &h->v[i];
+                if (x->prepared)
+                        r = send_status(w, x->rec.id, 0, NULL, &x->params);
+                else if (x->error)
+                        r = send_status(w, x->rec.id, x->error, x->why, NULL);
+                else
+                        continue;
+                if (r < 0)
+                        return r;
+        }
+        if (adopted)
+                log_info("took over %zu mount(s): serving after %" PRIu64 " us, reported after %" PRIu64 " us",
+                         adopted, t1 - t0, mono_us() - t0);
+        for (size_t i = 0; i < h->n; i++) {
+                Held *x = &h->v[i];
+                if (x->rec.initialized)
+                        continue;
+                /* INIT may have been read by the previous worker */
+                if (takeover)
+                        (void) fuse_notify_resend(x->fd);
+                r = mount_new(w, &x->rec, TAKE_FD(x->fd));
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
+/* WorkerStart, then the hold: records, replaced records and Unmounts
+ * until WorkerGo (serve: returns 1) or Drain (a standby that is not
+ * wanted any more: returns 0). */
 static int startup(Supervised *w, holdfast_Envelope *e, const WorkerArgs *args) {
         int fd = -EBADF, r;
         r = recv_env(w, e, &fd);
@@ -200,62 +346,49 @@ static int startup(Supervised *w, holdfast_Envelope *e, const WorkerArgs *args) 
         }
         if (ws.root[0] && strcmp(ws.root, args->root) != 0)
                 log_warn("WorkerStart names root %s, serving with --root %s", ws.root, args->root);
-        log_info("generation %" PRIu64 ": %" PRIu32 " mount(s)%s", ws.generation, ws.n_mounts,
-                 ws.takeover ? ", taking over" : "");
+        log_info("generation %" PRIu64 ": holding %" PRIu32 " mount(s)", ws.generation, ws.n_mounts);
 
-        Pending *p = calloc(ws.n_mounts ? ws.n_mounts : 1, sizeof(*p));
-        if (!p)
-                return -ENOMEM;
-        size_t n = 0;
-        for (; n < ws.n_mounts; n++) {
+        HeldSet h = {};
+        for (;;) {
                 r = recv_env(w, e, &fd);
                 if (r < 0)
-                        goto out;
-                if (e->which_msg != holdfast_Envelope_mount_tag) {
-                        r = unexpected(e, "MountRecord", fd);
-                        goto out;
+                        break;
+                if (e->which_msg == holdfast_Envelope_mount_tag) {
+                        r = check_record(&e->msg.mount, fd);
+                        if (r < 0) {
+                                if (fd >= 0)
+                                        close(fd);
+                                break;
+                        }
+                        r = held_put(w, &h, &e->msg.mount, fd);
+                        if (r < 0)
+                                break;
+                        continue;
                 }
-                r = check_record(&e->msg.mount, fd);
-                if (r < 0) {
-                        if (fd >= 0)
-                                close(fd);
-                        goto out;
+                if (fd >= 0) {
+                        r = unexpected(e, "a MountRecord (the only message with an fd)", fd);
+                        break;
                 }
-                p[n].rec = e->msg.mount;
-                p[n].fd = fd;
-        }
-        r = recv_env(w, e, &fd);
-        if (r < 0)
-                goto out;
-        if (e->which_msg != holdfast_Envelope_worker_go_tag || fd >= 0) {
-                r = unexpected(e, "WorkerGo", fd);
-                goto out;
-        }
-
-        r = fuse_server_start(w->srv);
-        if (r < 0) {
-                log_error_errno(r, "Cannot start serving threads: %m");
-                goto out;
-        }
-        for (size_t i = 0; i < n; i++) {
-                int f = TAKE_FD(p[i].fd);
-                if (p[i].rec.initialized)
-                        r = mount_adopt(w, &p[i].rec, f);
-                else {
-                        /* INIT may have been read by the dead worker */
-                        if (ws.takeover)
-                                (void) fuse_notify_resend(f);
-                        r = mount_new(w, &p[i].rec, f);
+                if (e->which_msg == holdfast_Envelope_unmount_tag) {
+                        held_drop(w, &h, e->msg.unmount.id);
+                        continue;
                 }
-                if (r < 0)
-                        goto out;
+                if (e->which_msg == holdfast_Envelope_worker_go_tag) {
+                        log_info("generation %" PRIu64 ": serving %zu mount(s)%s", ws.generation, h.n,
+                                 e->msg.worker_go.takeover ? ", taking over" : "");
+                        r = go(w, &h, e->msg.worker_go.takeover);
+                        if (r >= 0)
+                                r = 1;
+                        break;
+                }
+                if (e->which_msg == holdfast_Envelope_drain_tag) {
+                        r = 0;
+                        break;
+                }
+                r = unexpected(e, "MountRecord, Unmount, WorkerGo or Drain", fd);
+                break;
         }
-        r = 0;
-out:
-        for (size_t i = 0; i < n; i++)
-                if (p[i].fd >= 0)
-                        close(p[i].fd);
-        free(p);
+        held_clear(&h);
         return r;
 }
 
@@ -323,35 +456,43 @@ int worker_run_supervised(const WorkerArgs *args) {
                 goto out;
         }
 
+        /* Open the store first, as a secondary (meta_store_open_lazy): no
+         * lock is needed, so a standby opens it while the serving worker
+         * holds it, and WorkerGo only catches up. Ready means ready: an
+         * upgrade drains the old worker only after this. A store that
+         * cannot be opened costs speed (every layer indexed from its
+         * blob), not service. */
+        if (worker_store_open(args->root, &w.store) < 0)
+                log_warn("Serving without the layer store");
         memset(e, 0, sizeof(*e));
         e->which_msg = holdfast_Envelope_worker_ready_tag;
         e->msg.worker_ready.pid = (uint32_t) getpid();
         r = send_env(&w, e);
         if (r < 0)
                 goto out;
-        /* Open the store now, read-only (meta_store_open_lazy): no lock is
-         * needed, so during an upgrade this overlaps the old worker's drain
-         * instead of adding to the stall. A store that cannot be opened
-         * costs speed (every layer indexed from its blob), not service. */
-        if (worker_store_open(args->root, &w.store) < 0)
-                log_warn("Serving without the layer store");
         r = startup(&w, e, args);
         if (r < 0)
                 goto out;
-        r = serve(&w, e);
+        if (r > 0)
+                r = serve(&w, e);
         if (r < 0)
                 goto out;
 
         /* Drain: stop reading at a request boundary; every request read
-         * is answered before the threads exit. Then let RocksDB go before
-         * saying so, because the next worker opens it right after. */
+         * is answered before the threads exit. Then say so and exit at
+         * once: the next worker gets the mounts when our pidfd reports the
+         * exit, so every millisecond here is a stall. Nothing is lost by
+         * not tearing down: each store write was synced to RocksDB's WAL
+         * before it returned, and the kernel drops the store's lock. */
         fuse_server_stop(w.srv);
-        w.store = worker_store_close(w.store);
         memset(e, 0, sizeof(*e));
         e->which_msg = holdfast_Envelope_drained_tag;
         r = send_env(&w, e);
-        if (r >= 0)
+        if (r >= 0) {
                 log_info("Drained");
+                fflush(stderr);
+                _exit(0);
+        }
 out:
         /* Stop the threads before anything they use goes away. */
         w.srv = fuse_server_free(w.srv);

@@ -113,6 +113,7 @@ static int print_status_json(const DaemonReply *d) {
         yajl_gen_map_open(g);
         json_int(g, "supervisor_pid", r->supervisor_pid);
         json_int(g, "worker_pid", r->worker_pid);
+        json_int(g, "standby_pid", r->standby_pid);
         json_int(g, "generation", r->generation);
         json_int(g, "restarts", r->restarts);
         json_int(g, "uptime_ms", r->uptime_ms);
@@ -182,6 +183,11 @@ int cmd_status(int argc, char **argv) {
                         printf("worker:     pid %" PRIu32 ", %s\n", d.reply.worker_pid, d.reply.message);
                 else
                         printf("worker:     none, %s\n", d.reply.message);
+                if (d.reply.standby_pid)
+                        printf("standby:    pid %" PRIu32 " (holds the mounts, takes over if the worker exits)\n",
+                               d.reply.standby_pid);
+                else
+                        printf("standby:    none\n");
                 printf("generation: %" PRIu64 " (workers started), %" PRIu64 " restarts after a crash\n",
                        d.reply.generation, d.reply.restarts);
                 printf("last stall: %.1f ms\n", (double) d.reply.stall_us / 1000.0);
@@ -195,13 +201,15 @@ void help_status(void) {
         printf(
 "Usage: holdfastctl [--root DIR] status [--json]\n"
 "\n"
-"Show the supervisor's pid and uptime, the worker's pid and state, how many\n"
+"Show the supervisor's pid and uptime, the worker's pid and state, the\n"
+"standby worker's pid (it takes over the moment the worker exits), how many\n"
 "workers were started (generation) and how many died unasked (restarts),\n"
 "the last stall (how long the mounts were not served during the last\n"
 "restart or upgrade) and the mounts.\n"
 "\n"
 "Options:\n"
 "  --json    one JSON object: supervisor_pid, worker_pid (0: none),\n"
+"            standby_pid (0: none),\n"
 "            generation, restarts, uptime_ms, last_stall_us, state, mounts\n"
 "            (a list of {id, mountpoint, source, served})\n"
 DAEMON_NOTES);

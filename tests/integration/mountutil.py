@@ -301,12 +301,16 @@ class FakeSupervisor:
         self.mounts.append((mp, fd))
         return fd
 
-    def start(self, records, takeover=False, generation=1):
-        """WorkerStart, records [(fields, fd)], WorkerGo."""
-        self.send("worker_start", [(1, generation), (2, self.root), (3, len(records)), (4, takeover)])
+    def hold(self, records, generation=1):
+        """WorkerStart and records [(fields, fd)]: the worker holds them."""
+        self.send("worker_start", [(1, generation), (2, self.root), (3, len(records))])
         for fields, fd in records:
             self.send("mount", fields, fd)
-        self.send("worker_go")
+
+    def start(self, records, takeover=False, generation=1):
+        """WorkerStart, records [(fields, fd)], WorkerGo."""
+        self.hold(records, generation)
+        self.send("worker_go", [(1, takeover)])
 
     def cleanup(self):
         for p in self.workers:

@@ -144,6 +144,7 @@ class SupervisorProc:
         self.extra_args = list(extra_args)
         self.proc = None
         self.worker_pids = set()
+        self.killed = set()      # workers kill_worker() killed
         self.mountpoints = []
         self.sock = os.path.join(self.root, "supervisor.sock")
 
@@ -185,15 +186,30 @@ class SupervisorProc:
     def status(self):
         _, out, _ = self.ctl("status", "--json")
         st = json.loads(out)
-        if st["worker_pid"]:
-            self.worker_pids.add(st["worker_pid"])
+        for k in ("worker_pid", "standby_pid"):
+            if st.get(k):
+                self.worker_pids.add(st[k])
         return st
 
-    def wait_served(self, timeout=30):
+    def wait_standby(self, not_pid=0, timeout=30):
+        """Waits until a standby worker (other than not_pid) holds the mounts."""
         deadline = time.monotonic() + timeout
         while True:
             st = self.status()
-            if st["worker_pid"] and "serving" in st["state"] and all(m["served"] for m in st["mounts"]):
+            if st["standby_pid"] and st["standby_pid"] != not_pid:
+                return st
+            if time.monotonic() > deadline:
+                raise AssertionError("no standby after %ds: %r\n%s" % (timeout, st, self.log()[-3000:]))
+            time.sleep(0.02)
+
+    def wait_served(self, timeout=30):
+        """Waits until a worker that was not killed serves every mount (a
+        status taken right after a kill may still name the dying one)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            st = self.status()
+            if (st["worker_pid"] and st["worker_pid"] not in self.killed and "serving" in st["state"]
+                    and all(m["served"] for m in st["mounts"])):
                 return st
             if time.monotonic() > deadline:
                 raise AssertionError("not served after %ds: %r\n%s" % (timeout, st, self.log()[-3000:]))
@@ -276,6 +292,7 @@ class SupervisorProc:
         pid = st["worker_pid"]
         if pid and ppid_of(pid) == self.pid:
             os.kill(pid, signal.SIGKILL)
+            self.killed.add(pid)
             return pid
         return None
 

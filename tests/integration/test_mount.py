@@ -381,6 +381,23 @@ def supervisor(worker, session_tmp, require_root, tmp_path):
     assert not reports, "sanitizer reports:\n" + "\n".join(reports)
 
 
+def _read_in_thread(mp):
+    """Reads big/mixed-9m and lists names/ in a thread: (thread, results)."""
+    results = {}
+
+    def reader():
+        try:
+            with open(os.path.join(mp, "big/mixed-9m"), "rb") as g:
+                results["data"] = g.read()
+            results["list"] = sorted(os.listdir(os.path.join(mp, "names")))
+        except OSError as e:
+            results["error"] = e
+
+    t = threading.Thread(target=reader)
+    t.start()
+    return t, results
+
+
 def _record(mid, mp, blob, init=None):
     fields = [(1, mid), (2, mp), (3, blob), (4, init is not None)]
     if init is not None:
@@ -428,18 +445,7 @@ def test_worker_protocol_and_takeover(tree, hf_blob, supervisor):
 
     # A worker that dies with requests queued: they are served by the next.
     os.kill(s.proc.pid, signal.SIGSTOP)
-    results = {}
-
-    def reader():
-        try:
-            with open(os.path.join(mp, "big/mixed-9m"), "rb") as g:
-                results["data"] = g.read()
-            results["list"] = sorted(os.listdir(os.path.join(mp, "names")))
-        except OSError as e:
-            results["error"] = e
-
-    t = threading.Thread(target=reader)
-    t.start()
+    t, results = _read_in_thread(mp)
     t.join(0.5)
     assert t.is_alive(), "a request was answered by a stopped worker"
     s.proc.kill()
@@ -471,6 +477,75 @@ def test_worker_protocol_and_takeover(tree, hf_blob, supervisor):
     s.send("drain")
     assert s.recv()[0] == "drained"
     assert s.proc.wait(timeout=20) == 0
+
+
+def test_worker_standby_hold_and_go(tree, hf_blob, supervisor):
+    """A standby worker holds every mount (kept in step: a new mount, its
+    record replaced once its INIT is answered, an Unmount) and reads none of
+    them: a request stays queued while the serving worker is stopped. After
+    that worker is killed, WorkerGo makes the standby serve the queued
+    request and the rest with the right bytes. A standby told to Drain
+    during the hold says Drained and exits 0."""
+    s = supervisor
+    blob, _ = hf_blob(64 * KiB, False)
+    want = _source_bytes(tree, "big/mixed-9m")
+
+    s.spawn()
+    s.start([])
+    a = (s.sock, s.proc)
+    mp = s.new_mount_point()
+    fd = s.mount(mp)
+    s.send("mount", _record(7, mp, blob), fd)
+    name, st = s.recv()
+    assert name == "mount_status" and int32(st.get(2, 0)) == 0 and st.get(4) == 1, st
+    init = st[5]
+    open(os.path.join(mp, "big/one"), "rb").close()  # see test_worker_protocol_and_takeover
+
+    s.spawn()
+    b = (s.sock, s.proc)
+    s.hold([(_record(7, mp, blob, init), fd)], generation=2)
+    # a second mount while B holds: A serves it, B gets its record, then
+    # the record with the INIT parameters, then its Unmount
+    mp2 = s.new_mount_point()
+    fd2 = s.mount(mp2)
+    s.send("mount", _record(9, mp2, blob), fd2)
+    s.sock, s.proc = a
+    s.send("mount", _record(9, mp2, blob), fd2)
+    name, st = s.recv()
+    assert name == "mount_status" and st.get(1) == 9 and int32(st.get(2, 0)) == 0, st
+    s.sock, s.proc = b
+    s.send("mount", _record(9, mp2, blob, st[5]), fd2)
+    subprocess.run(["umount", "-l", mp2], check=True)
+    s.send("unmount", [(1, 9)])
+    s.sock, s.proc = a
+    s.send("unmount", [(1, 9)])
+
+    os.kill(a[1].pid, signal.SIGSTOP)
+    t, results = _read_in_thread(mp)
+    t.join(1.0)
+    assert t.is_alive(), "a request was answered while the serving worker was stopped (the standby read it?)"
+    a[1].kill()
+    a[1].wait()
+    s.sock, s.proc = b
+    s.send("worker_go", [(1, True)])
+    name, st = s.recv()
+    assert name == "mount_status" and st.get(1) == 7 and int32(st.get(2, 0)) == 0, st
+    assert st[5] == init, "the init blob changed across the standby's takeover"
+    t.join(30)
+    assert not t.is_alive(), "the queued request was not served after WorkerGo"
+    assert "error" not in results, results.get("error")
+    assert results["data"] == want, "wrong bytes after the standby took over"
+    actual = strip_user_opaque(treedump.dump_tree(mp))
+    assert_dump_equal(tree.dump, actual, "the layer after the standby took over")
+
+    # a standby that is not wanted any more
+    s.spawn()
+    s.hold([(_record(7, mp, blob, init), fd)], generation=3)
+    s.send("drain")
+    assert s.recv()[0] == "drained"
+    assert s.proc.wait(timeout=20) == 0
+    s.sock, s.proc = b
+    assert os.listdir(mp), "the serving worker stopped serving when the standby drained"
 
 
 @pytest.mark.parametrize("case", ["go-first", "mount-before-go-without-fd", "garbage", "record-initialized-later"])

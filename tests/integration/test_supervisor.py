@@ -14,6 +14,7 @@ import hashlib
 import os
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -130,7 +131,8 @@ def test_status_mount_umount(sups, layer):
     st = s.status()
     for k in ("worker_pid", "generation", "restarts", "mounts", "uptime_ms", "supervisor_pid"):
         assert k in st, k
-    assert st["supervisor_pid"] == s.pid and st["generation"] == 1 and st["restarts"] == 0
+    # generation 2 once the standby worker started
+    assert st["supervisor_pid"] == s.pid and st["generation"] in (1, 2) and st["restarts"] == 0
     assert st["mounts"] == []
     assert oct(os.stat(s.root).st_mode & 0o7777) == "0o700"
     assert oct(os.stat(s.sock).st_mode & 0o777) == "0o600"
@@ -231,6 +233,64 @@ def test_bad_requests(sups, layer, workdir):
     assert su.mounted_paths() == mounts_before
     assert s.status()["restarts"] == 0
     assert s.stop() == 0
+
+
+def test_standby_takes_over(sups, layer):
+    """A standby worker holds every mount; when the worker is killed it is
+    the one that serves next (no process start), with every byte right,
+    including a mount made while it held the others; a new standby
+    follows. A standby that dies is replaced and the worker never notices."""
+    s = sups.start()
+    mp1 = s.mount(layer.blob)
+    st = s.wait_standby()
+    standby = st["standby_pid"]
+    assert su.ppid_of(standby) == s.pid
+    mp2 = s.mount(layer.blob)  # the standby gets its record, then its INIT parameters
+    check_file(mp2, layer, "big/b0")
+    time.sleep(0.2)
+    worker = s.kill_worker()
+    st = s.wait_served()
+    assert st["worker_pid"] == standby, (st, worker)
+    for mp in (mp1, mp2):
+        for rel in ("big/b1", "d03/f004", "d11/f029"):
+            check_file(mp, layer, rel)
+        assert sorted(os.listdir(os.path.join(mp, "d05"))) == layer.dirs["d05"]
+    st = s.wait_standby(not_pid=standby)
+    second = st["standby_pid"]
+    os.kill(second, signal.SIGKILL)
+    st = s.wait_standby(not_pid=second)
+    assert st["worker_pid"] == standby, "killing the standby disturbed the worker"
+    check_file(mp1, layer, "big/b2")
+    assert st["restarts"] == 2, st
+
+
+def test_no_standby(sups, layer):
+    """--no-standby: no second worker; a killed worker is still replaced."""
+    s = sups.start(["--no-standby"])
+    mp = s.mount(layer.blob)
+    time.sleep(1.0)
+    st = s.status()
+    assert st["standby_pid"] == 0 and st["generation"] == 1, st
+    s.kill_worker()
+    st = s.wait_served()
+    check_file(mp, layer, "big/b1")
+    assert st["standby_pid"] == 0 and st["generation"] == 2, st
+
+
+def test_upgrade_replaces_standby(sups, layer, workdir):
+    """An upgrade to another binary replaces the standby (which runs the
+    old one): after it, worker and standby both run the new binary."""
+    s = sups.start()
+    mp = s.mount(layer.blob)
+    old_standby = s.wait_standby()["standby_pid"]
+    new_bin = os.path.join(workdir, "holdfast-worker-new")
+    shutil.copy2(su.worker_path(), new_bin)
+    s.ctl("upgrade", "--worker", new_bin)
+    st = s.wait_standby(not_pid=old_standby)
+    for pid in (st["worker_pid"], st["standby_pid"]):
+        assert su.cmdline_of(pid)[0] == new_bin.encode(), (pid, su.cmdline_of(pid))
+    assert not os.path.exists("/proc/%d" % old_standby) or su.ppid_of(old_standby) is None
+    check_file(mp, layer, "big/b2")
 
 
 def test_sigterm_unmounts(sups, layer):

@@ -8,11 +8,13 @@
  * returns, so a worker killed right after storing a layer finds it again. */
 #include "worker/meta/store.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <rocksdb/c.h>
@@ -24,8 +26,9 @@
 
 struct MetaStore {
         rocksdb_t *db;                         /* owned; read-write, set once (atomically) */
-        rocksdb_t *ro;                         /* owned; read-only, meta_store_open_lazy() */
+        rocksdb_t *ro;                         /* owned; secondary, meta_store_open_lazy() */
         char *dir;                             /* owned */
+        char *secondary_dir;                   /* owned; the secondary's own files */
         pthread_mutex_t open_lock;             /* serializes the lazy read-write open */
         rocksdb_options_t *options;            /* owned */
         rocksdb_block_based_table_options_t *table_options; /* owned */
@@ -53,24 +56,54 @@ static int rocks_error(char *errptr, ErrMsg *err, const char *what, const char *
         return r;
 }
 
+/* Removes dir and the plain files in it (a secondary's LOG files). */
+static void remove_dir_files(const char *dir) {
+        DIR *d = opendir(dir);
+        if (!d)
+                return;
+        struct dirent *de;
+        while ((de = readdir(d)))
+                if (strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0)
+                        unlinkat(dirfd(d), de->d_name, 0);
+        closedir(d);
+        rmdir(dir);
+}
+
+/* DIR.secondary/PID of secondaries whose process is gone. */
+static void remove_stale_secondaries(const char *parent) {
+        DIR *d = opendir(parent);
+        if (!d)
+                return;
+        struct dirent *de;
+        while ((de = readdir(d))) {
+                char *end;
+                long pid = strtol(de->d_name, &end, 10);
+                if (*end || pid <= 0)
+                        continue;
+                char proc[64];
+                snprintf(proc, sizeof(proc), "/proc/%ld", pid);
+                if (access(proc, F_OK) == 0)
+                        continue;
+                _cleanup_free_ char *path = NULL;
+                if (asprintf(&path, "%s/%ld", parent, pid) >= 0)
+                        remove_dir_files(path);
+        }
+        closedir(d);
+}
+
 MetaStore *meta_store_close(MetaStore *s) {
         if (!s)
                 return NULL;
-        if (s->db) {
-                /* The WAL already holds every record; flushing spares the next
-                 * open its replay. A failure here loses nothing. */
-                rocksdb_flushoptions_t *fo = rocksdb_flushoptions_create();
-                if (fo) {
-                        char *e = NULL;
-                        rocksdb_flushoptions_set_wait(fo, 1);
-                        rocksdb_flush(s->db, fo, &e);
-                        rocksdb_free(e);
-                        rocksdb_flushoptions_destroy(fo);
-                }
+        /* No flush: every record is synced to the WAL before its put
+         * returns, and a worker closes its store while the next one waits
+         * for its exit. The next read-write open replays the WAL. */
+        if (s->db)
                 rocksdb_close(s->db);
-        }
         if (s->ro)
                 rocksdb_close(s->ro);
+        if (s->secondary_dir)
+                remove_dir_files(s->secondary_dir);
+        free(s->secondary_dir);
         free(s->dir);
         pthread_mutex_destroy(&s->open_lock);
         if (s->write_options)
@@ -104,7 +137,15 @@ static int store_options(MetaStore *s) {
          * (index-io.c) and a refused one is rebuilt from its blob. */
         rocksdb_options_set_paranoid_checks(s->options, 0);
         rocksdb_options_set_keep_log_file_num(s->options, 2);
-        rocksdb_options_set_max_open_files(s->options, 64);
+        /* Small memtables: the WAL that a secondary open or a read-write
+         * open replays stays a few MB, so a standby is ready in
+         * milliseconds (records are large: a 2,000-entry layer is about
+         * 200 KB). */
+        rocksdb_options_set_write_buffer_size(s->options, 4u << 20);
+        rocksdb_options_set_max_write_buffer_number(s->options, 2);
+        /* -1 (every table file stays open) is what a secondary instance
+         * needs; the store is small: a few files. */
+        rocksdb_options_set_max_open_files(s->options, -1);
         rocksdb_writeoptions_set_sync(s->write_options, 1);
         return 0;
 }
@@ -164,9 +205,24 @@ int meta_store_open_lazy(const char *dir, MetaStore **ret, ErrMsg *err) {
         int r = store_prepare(dir, &s);
         if (r < 0)
                 return r;
+        char parent[4200];
+        snprintf(parent, sizeof(parent), "%s.secondary", dir);
+        if (mkdir(parent, 0700) < 0 && errno != EEXIST) {
+                r = -errno;
+                meta_store_close(s);
+                return errmsg_set(err, r, "cannot create %s: %s", parent, strerror(-r));
+        }
+        remove_stale_secondaries(parent);
+        if (asprintf(&s->secondary_dir, "%s/%d", parent, (int) getpid()) < 0) {
+                s->secondary_dir = NULL;
+                meta_store_close(s);
+                return -ENOMEM;
+        }
         char *e = NULL;
-        s->ro = rocksdb_open_for_read_only(s->options, dir, 0, &e);
+        s->ro = rocksdb_open_as_secondary(s->options, dir, s->secondary_dir, &e);
         if (e) {
+                /* e.g. a store written by an older RocksDB: the read-write
+                 * open says more, or repairs it */
                 s->ro = NULL;
                 rocksdb_free(e);
                 meta_store_close(s);
@@ -174,6 +230,21 @@ int meta_store_open_lazy(const char *dir, MetaStore **ret, ErrMsg *err) {
         }
         *ret = s;
         return 0;
+}
+
+/* A secondary's miss: reads what the primary wrote since (its MANIFEST
+ * and WAL). Returns 1 when there is something new to look at. Serialized:
+ * one catch-up at a time. */
+static int catch_up(MetaStore *s, ErrMsg *err) {
+        if (!s->ro || __atomic_load_n(&s->db, __ATOMIC_ACQUIRE))
+                return 0;
+        pthread_mutex_lock(&s->open_lock);
+        char *e = NULL;
+        rocksdb_try_catch_up_with_primary(s->ro, &e);
+        pthread_mutex_unlock(&s->open_lock);
+        if (e)
+                return rocks_error(e, err, "catch-up of", s->dir);
+        return 1;
 }
 
 static rocksdb_t *reader(MetaStore *s) {
@@ -233,11 +304,8 @@ int meta_layer_put(MetaStore *s, const char *key, const void *val, size_t len, E
         return 0;
 }
 
-int meta_layer_get(MetaStore *s, const char *key, void **ret_val, size_t *ret_len, ErrMsg *err) {
-        size_t klen;
-        _cleanup_free_ char *k = layer_key(key, &klen);
-        if (!k)
-                return -ENOMEM;
+/* One get: 0, -ENOENT, or a RocksDB error. */
+static int get_pinned(MetaStore *s, const char *k, size_t klen, rocksdb_pinnableslice_t **ret, ErrMsg *err) {
         char *e = NULL;
         /* pinned: one copy, straight from the memtable or block cache */
         rocksdb_pinnableslice_t *v = rocksdb_get_pinned(reader(s), s->read_options, k, klen, &e);
@@ -245,8 +313,23 @@ int meta_layer_get(MetaStore *s, const char *key, void **ret_val, size_t *ret_le
                 rocksdb_pinnableslice_destroy(v);
                 return rocks_error(e, err, "get of", k);
         }
-        if (!v)
-                return -ENOENT;
+        *ret = v;
+        return v ? 0 : -ENOENT;
+}
+
+int meta_layer_get(MetaStore *s, const char *key, void **ret_val, size_t *ret_len, ErrMsg *err) {
+        size_t klen;
+        _cleanup_free_ char *k = layer_key(key, &klen);
+        if (!k)
+                return -ENOMEM;
+        rocksdb_pinnableslice_t *v;
+        int r = get_pinned(s, k, klen, &v, err);
+        /* A secondary misses what the previous worker stored after this
+         * one opened the store: catch up, look again. */
+        if (r == -ENOENT && catch_up(s, err) > 0)
+                r = get_pinned(s, k, klen, &v, err);
+        if (r < 0)
+                return r;
         size_t len;
         const char *data = rocksdb_pinnableslice_value(v, &len);
         void *copy = malloc(MAX(len, (size_t) 1));

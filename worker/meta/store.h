@@ -15,14 +15,16 @@ typedef struct MetaStore MetaStore;
 /* Opens (creating) the database in dir. -EBUSY when another process holds
  * it (RocksDB's LOCK). */
 int meta_store_open(const char *dir, MetaStore **ret, ErrMsg *err);
-/* The worker's open: read-only at first (RocksDB takes no lock, skips
- * recovery writes: about half the time of a read-write open, and possible
- * while the previous worker still holds the database), switching to
- * read-write on the first put or delete. Creates the database read-write
- * when there is none yet. A record written by another process after this
- * open is not seen until the switch: the caller then rebuilds it. */
+/* The worker's open, possible while another worker holds the store: a
+ * RocksDB secondary instance (no lock, no recovery writes, its own LOG
+ * under DIR.secondary/PID), switching to read-write on the first put or
+ * delete. Creates the database read-write when there is none yet. A get
+ * that misses catches up with what other processes wrote since (their
+ * WAL) and looks again, so a standby opened long ago finds every record;
+ * a record replaced by another process may be seen in its older version
+ * (records are checksummed and rebuilt when refused). */
 int meta_store_open_lazy(const char *dir, MetaStore **ret, ErrMsg *err);
-/* Flushes and closes; NULL-safe; returns NULL. */
+/* Closes (no flush: the WAL holds every record); NULL-safe; returns NULL. */
 MetaStore *meta_store_close(MetaStore *s);
 
 /* Stores a layer record (synced to the WAL before returning). */
