@@ -312,12 +312,15 @@ int worker_go(Worker *w) {
         int r = send_env(w, &e, -1);
         if (r < 0)
                 return r;
+        /* Serving means: every connection that was served before is
+         * again. A new one (no INIT answered yet) reports after its INIT,
+         * which may wait for its layer to be indexed. */
         w->pending = 0;
         for (Mount *m = s->mounts.head; m; m = m->next) {
                 m->sent_gen = w->generation;
-                m->in_batch = true;
+                m->in_batch = m->initialized;
                 m->served = false;
-                w->pending++;
+                w->pending += m->initialized;
         }
         w->state = WORKER_STARTING;
         if (w->pending == 0) {
