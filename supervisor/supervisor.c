@@ -193,12 +193,15 @@ void supervisor_on_worker_ready(Supervisor *s, Worker *w) {
                 return;
         }
         assert(w == s->standby);
-        if (!s->current) {
+        if (!s->current)
                 promote_standby(s);
+        /* else it holds until current exits, or (an upgrade) until Warm */
+}
+
+/* An upgrade's worker opened what it could ahead: the old one drains. */
+void supervisor_on_worker_warm(Supervisor *s, Worker *w) {
+        if (w != s->standby || !s->upgrading || !s->current)
                 return;
-        }
-        if (!s->upgrading)
-                return; /* holds until current exits */
         Worker *old = s->current;
         s->drain_start_us = now_us();
         old->asked_to_exit = true;
@@ -322,7 +325,9 @@ static void fill_status(Supervisor *s, holdfast_CtlReply *reply) {
         reply->mounts = (uint32_t) s->mounts.count;
         reply->stall_us = s->last_stall_us;
         reply->supervisor_pid = (uint32_t) getpid();
-        reply->standby_pid = worker_alive(s->standby) && s->standby->state == WORKER_HOLDING ? (uint32_t) s->standby->pid : 0;
+        bool holding = worker_alive(s->standby) && s->standby->state == WORKER_HOLDING;
+        reply->standby_pid = holding ? (uint32_t) s->standby->pid : 0;
+        reply->standby_warm = holding && s->standby->warm;
 }
 
 static void do_status(Supervisor *s, CtlConn *c) {

@@ -72,6 +72,7 @@ static inline uint64_t now_ms(void) {
 /* supervisor.c: events from the workers and the control socket. */
 void supervisor_on_worker_ready(Supervisor *s, Worker *w);
 void supervisor_on_worker_serving(Supervisor *s, Worker *w);
+void supervisor_on_worker_warm(Supervisor *s, Worker *w);
 void supervisor_on_mount_status(Supervisor *s, Worker *w, Mount *m, const holdfast_MountStatus *st);
 void supervisor_on_worker_exit(Supervisor *s, Worker *w);
 void supervisor_on_request(Supervisor *s, CtlConn *c, const holdfast_CtlRequest *req);

@@ -15,6 +15,7 @@
 #include <inttypes.h>
 #include <stdio.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,6 +35,8 @@
 
 #define WORKER_READY_TIMEOUT_MS 10000
 #define WORKER_SEND_TIMEOUT_S 5
+/* An upgrade waits this long at most for the new worker's Warm. */
+#define WORKER_WARM_TIMEOUT_MS 10000
 
 const char *worker_state_to_string(WorkerState st) {
         static const char *const names[] = {
@@ -239,9 +242,13 @@ void worker_kill(Worker *w, const char *why) {
 
 void worker_reap_now(Worker *w, const char *why) {
         worker_kill(w, why);
-        siginfo_t si = {};
-        if (w->state != WORKER_EXITED && waitid((idtype_t) P_PIDFD, (id_t) w->pidfd, &si, WEXITED) < 0)
-                log_error("waitid(worker %d): %s", (int) w->pid, strerror(errno));
+        if (w->state != WORKER_EXITED) {
+                /* the pidfd is non-blocking (uv_poll_init): poll it, bounded */
+                struct pollfd p = { .fd = w->pidfd, .events = POLLIN };
+                siginfo_t si = {};
+                if (poll(&p, 1, 10000) != 1 || waitid((idtype_t) P_PIDFD, (id_t) w->pidfd, &si, WEXITED | WNOHANG) < 0)
+                        log_error("worker %d did not exit after SIGKILL: %s", (int) w->pid, strerror(errno));
+        }
         w->state = WORKER_EXITED;
         if (w->open_handles) {
                 uv_poll_stop(&w->pid_poll);
@@ -298,6 +305,7 @@ int worker_load(Worker *w) {
                         return r;
         }
         w->state = WORKER_HOLDING;
+        uv_timer_start(&w->timer, on_timer, WORKER_WARM_TIMEOUT_MS, 0);
         return 0;
 }
 
@@ -306,6 +314,7 @@ int worker_go(Worker *w) {
         assert(w->state == WORKER_HOLDING);
         holdfast_Envelope e = holdfast_Envelope_init_zero;
         e.which_msg = holdfast_Envelope_worker_go_tag;
+        uv_timer_stop(&w->timer);
         for (Mount *m = s->mounts.head; m; m = m->next)
                 if (m->sent_gen != 0 || m->initialized)
                         e.msg.worker_go.takeover = true;
@@ -365,6 +374,12 @@ static void on_timer(uv_timer_t *t) {
                 worker_garbage(w, "closed its socket but did not exit");
         else if (w->state == WORKER_SPAWNED)
                 worker_garbage(w, "no WorkerReady within 10 s");
+        else if (w->state == WORKER_HOLDING && !w->warm) {
+                log_warning("worker %d: no Warm within %d s; going on without", (int) w->pid,
+                            WORKER_WARM_TIMEOUT_MS / 1000);
+                w->warm = true;
+                supervisor_on_worker_warm(w->sup, w);
+        }
         else if (w->state == WORKER_DRAINING)
                 worker_kill(w, "did not exit after Drain");
 }
@@ -438,6 +453,17 @@ static void on_sock(uv_poll_t *h, int status, int events) {
                 return;
         case holdfast_Envelope_mount_status_tag:
                 return handle_mount_status(w, &e.msg.mount_status);
+        case holdfast_Envelope_warm_tag:
+                if (w->state == WORKER_SPAWNED || w->state == WORKER_READY)
+                        return worker_garbage(w, "Warm before WorkerStart");
+                if (w->state != WORKER_HOLDING || w->warm)
+                        return; /* late: WorkerGo overtook it */
+                uv_timer_stop(&w->timer);
+                w->warm = true;
+                log_info("worker %d holds %zu mounts, %" PRIu32 " layers opened ahead", (int) w->pid,
+                         w->sup->mounts.count, e.msg.warm.layers);
+                supervisor_on_worker_warm(w->sup, w);
+                return;
         case holdfast_Envelope_drained_tag:
                 if (w->state != WORKER_DRAINING)
                         return worker_garbage(w, "Drained without Drain");

@@ -42,6 +42,7 @@ typedef struct Worker {
         uint64_t generation;
         size_t pending;           /* start-sequence mounts without MountStatus */
         bool asked_to_exit;       /* Drain or our SIGKILL: not a crash */
+        bool warm;                /* Warm came (or its deadline passed) */
         bool misbehaved;
         uint64_t spawned_ms;
         uint64_t serving_ms;      /* 0 until SERVING */

@@ -5,6 +5,8 @@
  *   -> WorkerReady{pid}
  *   <- WorkerStart, MountRecord (+fd) per mount
  *   <- MountRecord | Unmount       any number: the hold (a standby)
+ *   -> Warm                        once the announced records came and their
+ *                                  layers were opened from the store
  *   <- WorkerGo                    the previous worker is gone: catch the
  *      store up; adopt every connection (initialized ones: restore the
  *      INIT blob, write FUSE_NOTIFY_RESEND, serve; new ones: open the
@@ -23,6 +25,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,11 +36,15 @@
 #include "common/util/macro.h"
 #include "worker/main.h"
 #include "worker/util/log.h"
+#include "worker/util/mm-keeper.h"
 
 #define MAX_MOUNTS 65536
 
+typedef struct Preloader Preloader;
+
 typedef struct Supervised {
         int sock;                /* borrowed: --supervisor-fd */
+        Preloader *preload;      /* owned; the hold's warm-up thread */
         pthread_mutex_t send_lock;
         MetaStore *store;        /* owned */
         FuseLayerOps layer_ops;
@@ -51,6 +58,14 @@ static int send_env(Supervised *w, holdfast_Envelope *e) {
         if (r < 0)
                 log_error_errno(r, "Cannot send to the supervisor: %m");
         return r;
+}
+
+static int send_warm(Supervised *w, size_t layers) {
+        static holdfast_Envelope e_zero;
+        holdfast_Envelope e = e_zero;
+        e.which_msg = holdfast_Envelope_warm_tag;
+        e.msg.warm.layers = (uint32_t) MIN(layers, (size_t) UINT32_MAX);
+        return send_env(w, &e);
 }
 
 static int send_status(Supervised *w, uint64_t id, int error, const char *message, const FuseParams *params) {
@@ -329,6 +344,118 @@ static int go(Supervised *w, HeldSet *h, bool takeover) {
         return 0;
 }
 
+/* A standby warms up: a thread at SCHED_IDLE (it runs only when no other
+ * thread wants the CPU) opens the held connections' layers from their
+ * stored records, so that after WorkerGo no request waits for a restore.
+ * It stops at WorkerGo (or Drain), or when the process has grown to
+ * PRELOAD_MAX_RSS: past that, layers open on their first request. */
+#define PRELOAD_MAX_RSS (1024ull << 20)
+
+struct Preloader {
+        FuseServer *srv;
+        Supervised *w;           /* to send Warm */
+        bool report;             /* under lock: send Warm after the next pass */
+        pthread_t thread;
+        bool started;
+        pthread_mutex_t lock;
+        pthread_cond_t cond;
+        bool more;               /* under lock: records came since the last pass */
+        bool stop;               /* under lock, and read atomically */
+        size_t opened;           /* the thread's */
+};
+
+static uint64_t rss_bytes(void) {
+        FILE *f = fopen("/proc/self/statm", "re");
+        unsigned long long size = 0, resident = 0;
+        if (f) {
+                if (fscanf(f, "%llu %llu", &size, &resident) != 2)
+                        resident = 0;
+                fclose(f);
+        }
+        return resident * (uint64_t) sysconf(_SC_PAGESIZE);
+}
+
+static bool preload_keep_going(void *userdata) {
+        Preloader *p = userdata;
+        return !__atomic_load_n(&p->stop, __ATOMIC_ACQUIRE) && rss_bytes() < PRELOAD_MAX_RSS;
+}
+
+static void *preload_main(void *userdata) {
+        Preloader *p = userdata;
+        struct sched_param sp = {};
+        (void) pthread_setschedparam(pthread_self(), SCHED_IDLE, &sp);
+        for (;;) {
+                pthread_mutex_lock(&p->lock);
+                while (!p->more && !p->stop)
+                        pthread_cond_wait(&p->cond, &p->lock);
+                bool stop = p->stop, report = p->report;
+                p->more = false;
+                p->report = false;
+                pthread_mutex_unlock(&p->lock);
+                if (stop)
+                        break;
+                p->opened += fuse_server_preload(p->srv, preload_keep_going, p);
+                if (report)
+                        (void) send_warm(p->w, p->opened);
+        }
+        return NULL;
+}
+
+/* After the announced records: one more pass, then Warm. */
+static void preload_report(Preloader *p) {
+        pthread_mutex_lock(&p->lock);
+        p->more = p->report = true;
+        pthread_cond_signal(&p->cond);
+        pthread_mutex_unlock(&p->lock);
+}
+
+static void preload_kick(Preloader *p, bool stop) {
+        pthread_mutex_lock(&p->lock);
+        if (stop && !p->stop && p->started) {
+                /* It may hold a session's lock that a serving thread is
+                 * about to wait for: no more SCHED_IDLE, or it could
+                 * starve while the CPUs serve. */
+                struct sched_param sp = {};
+                (void) pthread_setschedparam(p->thread, SCHED_OTHER, &sp);
+        }
+        if (stop)
+                __atomic_store_n(&p->stop, true, __ATOMIC_RELEASE);
+        else
+                p->more = true;
+        pthread_cond_signal(&p->cond);
+        pthread_mutex_unlock(&p->lock);
+}
+
+static Preloader *preload_start(Supervised *w) {
+        Preloader *p = calloc(1, sizeof(*p));
+        if (!p)
+                return NULL;
+        p->srv = w->srv;
+        p->w = w;
+        pthread_mutex_init(&p->lock, NULL);
+        pthread_cond_init(&p->cond, NULL);
+        p->started = pthread_create(&p->thread, NULL, preload_main, p) == 0;
+        if (!p->started)
+                log_warn("Cannot start the warm-up thread; layers open on their first request");
+        return p;
+}
+
+/* Stops, joins and frees (NULL-safe). */
+static Preloader *preload_end(Preloader *p) {
+        if (!p)
+                return NULL;
+        if (p->started) {
+                preload_kick(p, true);
+                pthread_join(p->thread, NULL);
+                if (p->opened)
+                        log_info("opened %zu layer(s) ahead of their first request", p->opened);
+        }
+        pthread_cond_destroy(&p->cond);
+        pthread_mutex_destroy(&p->lock);
+        free(p);
+        return NULL;
+}
+
 /* WorkerStart, then the hold: records, replaced records and Unmounts
  * until WorkerGo (serve: returns 1) or Drain (a standby that is not
  * wanted any more: returns 0). */
@@ -349,6 +476,10 @@ static int startup(Supervised *w, holdfast_Envelope *e, const WorkerArgs *args) 
         log_info("generation %" PRIu64 ": holding %" PRIu32 " mount(s)", ws.generation, ws.n_mounts);
 
         HeldSet h = {};
+        w->preload = preload_start(w);
+        uint32_t records = 0;
+        if (ws.n_mounts == 0)
+                (void) send_warm(w, 0);
         for (;;) {
                 r = recv_env(w, e, &fd);
                 if (r < 0)
@@ -363,6 +494,14 @@ static int startup(Supervised *w, holdfast_Envelope *e, const WorkerArgs *args) 
                         r = held_put(w, &h, &e->msg.mount, fd);
                         if (r < 0)
                                 break;
+                        if (e->msg.mount.initialized && w->preload)
+                                preload_kick(w->preload, false);
+                        if (++records == ws.n_mounts) {
+                                if (w->preload && w->preload->started)
+                                        preload_report(w->preload);
+                                else
+                                        (void) send_warm(w, 0);
+                        }
                         continue;
                 }
                 if (fd >= 0) {
@@ -376,12 +515,16 @@ static int startup(Supervised *w, holdfast_Envelope *e, const WorkerArgs *args) 
                 if (e->which_msg == holdfast_Envelope_worker_go_tag) {
                         log_info("generation %" PRIu64 ": serving %zu mount(s)%s", ws.generation, h.n,
                                  e->msg.worker_go.takeover ? ", taking over" : "");
+                        /* stop warming up; joined at exit, not now */
+                        if (w->preload)
+                                preload_kick(w->preload, true);
                         r = go(w, &h, e->msg.worker_go.takeover);
                         if (r >= 0)
                                 r = 1;
                         break;
                 }
                 if (e->which_msg == holdfast_Envelope_drain_tag) {
+                        w->preload = preload_end(w->preload);
                         r = 0;
                         break;
                 }
@@ -443,6 +586,10 @@ int worker_run_supervised(const WorkerArgs *args) {
                 log_error_errno(r, "--supervisor-fd %d: %m", w.sock);
                 goto out;
         }
+        r = mm_keeper_start();
+        if (r < 0)
+                log_warn_errno(r, "Cannot start the memory keeper (a killed worker frees its memory before its "
+                               "successor serves): %m");
         FuseServerConfig cfg = {
                 .n_threads = args->threads,
                 .layer_ops = w.layer_ops,
@@ -495,6 +642,7 @@ int worker_run_supervised(const WorkerArgs *args) {
         }
 out:
         /* Stop the threads before anything they use goes away. */
+        w.preload = preload_end(w.preload);
         w.srv = fuse_server_free(w.srv);
         w.store = worker_store_close(w.store);
         pthread_mutex_destroy(&w.send_lock);

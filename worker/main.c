@@ -122,8 +122,27 @@ void worker_layer_close(void *userdata, void *handle) {
         layer_source_close(handle);
 }
 
+static int worker_layer_preload(void *userdata, const char *source, Layer **ret_layer, void **ret_handle,
+                                ErrMsg *err) {
+        MetaStore **store = userdata;
+        if (!store || !*store)
+                return -ENOENT;
+        LayerSource *ls;
+        int r = layer_source_open_stored(source, *store, &ls, err);
+        if (r < 0)
+                return r;
+        *ret_layer = ls->layer;
+        *ret_handle = ls;
+        return 0;
+}
+
 FuseLayerOps worker_layer_ops(MetaStore **store) {
-        return (FuseLayerOps) { .open = worker_layer_open, .close = worker_layer_close, .userdata = store };
+        return (FuseLayerOps) {
+                .open = worker_layer_open,
+                .preload = worker_layer_preload,
+                .close = worker_layer_close,
+                .userdata = store,
+        };
 }
 
 static int parse_uint(const char *s, unsigned long max, unsigned long *ret) {

@@ -114,6 +114,8 @@ static int print_status_json(const DaemonReply *d) {
         json_int(g, "supervisor_pid", r->supervisor_pid);
         json_int(g, "worker_pid", r->worker_pid);
         json_int(g, "standby_pid", r->standby_pid);
+        json_str(g, "standby_warm");
+        yajl_gen_bool(g, r->standby_warm);
         json_int(g, "generation", r->generation);
         json_int(g, "restarts", r->restarts);
         json_int(g, "uptime_ms", r->uptime_ms);
@@ -184,8 +186,8 @@ int cmd_status(int argc, char **argv) {
                 else
                         printf("worker:     none, %s\n", d.reply.message);
                 if (d.reply.standby_pid)
-                        printf("standby:    pid %" PRIu32 " (holds the mounts, takes over if the worker exits)\n",
-                               d.reply.standby_pid);
+                        printf("standby:    pid %" PRIu32 " (holds the mounts%s; takes over if the worker exits)\n",
+                               d.reply.standby_pid, d.reply.standby_warm ? ", layers opened ahead" : ", warming up");
                 else
                         printf("standby:    none\n");
                 printf("generation: %" PRIu64 " (workers started), %" PRIu64 " restarts after a crash\n",
@@ -209,7 +211,7 @@ void help_status(void) {
 "\n"
 "Options:\n"
 "  --json    one JSON object: supervisor_pid, worker_pid (0: none),\n"
-"            standby_pid (0: none),\n"
+"            standby_pid (0: none), standby_warm (its layers are open),\n"
 "            generation, restarts, uptime_ms, last_stall_us, state, mounts\n"
 "            (a list of {id, mountpoint, source, served})\n"
 DAEMON_NOTES);

@@ -4,7 +4,9 @@
  * uncached reads of the layer's files), back to back, on every given
  * mount. The main thread SIGKILLs the worker (or runs `holdfastctl
  * upgrade`) and measures, from that moment, until the first request
- * *started after it* succeeds. Prints the distribution; any failed
+ * *started after it* succeeds; for an upgrade, also the longest any
+ * request took while it ran (what a reader waited). Prints the
+ * distributions; any failed
  * syscall or wrong byte is counted and printed, never hidden.
  *   bench-takeover --ctl HOLDFASTCTL --root ROOT --kills N --upgrades N MOUNT [MOUNT...]
  * Every loop is bounded: N events, each waited for at most 10 s. */
@@ -34,6 +36,7 @@ static int n_mounts;
 static atomic_uint_fast64_t event_ns;      /* when the current event started; 0 = none */
 static atomic_uint_fast64_t first_ok_ns;   /* first success of a request started after event_ns */
 static atomic_uint_fast64_t failures, ops;
+static atomic_uint_fast64_t max_wait_ns;   /* longest request since the last reset */
 static atomic_bool stop;
 
 static void *prober(void *arg) {
@@ -54,6 +57,9 @@ static void *prober(void *arg) {
                 }
                 atomic_fetch_add(&ops, 1);
                 uint64_t end = now_ns();
+                uint64_t took = end - start, prev = atomic_load(&max_wait_ns);
+                while (took > prev && !atomic_compare_exchange_weak(&max_wait_ns, &prev, took))
+                        ;
                 uint64_t zero = 0;
                 if (ev && start >= ev)
                         atomic_compare_exchange_strong(&first_ok_ns, &zero, end);
@@ -81,6 +87,27 @@ static long long status_field(const char *ctl, const char *root, const char *fie
         return p ? strtoll(p + 1, NULL, 10) : -1;
 }
 
+/* Steady state before each kill: a standby holds the mounts with their
+ * layers opened ahead (standby_warm), as it does between real crashes.
+ * Bounded: 30 s. Returns whether it got there. */
+static bool wait_warm_standby(const char *ctl, const char *root) {
+        char cmd[8400];
+        snprintf(cmd, sizeof(cmd), "%s --root %s status --json", ctl, root);
+        for (int i = 0; i < 300; i++) {
+                FILE *f = popen(cmd, "r");
+                if (!f)
+                        return false;
+                char buf[8192];
+                size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+                buf[n] = 0;
+                pclose(f);
+                if (strstr(buf, "\"standby_warm\":true"))
+                        return true;
+                usleep(100000);
+        }
+        return false;
+}
+
 static pid_t worker_pid(const char *ctl, const char *root) {
         return (pid_t) status_field(ctl, root, "worker_pid");
 }
@@ -96,7 +123,7 @@ static void report(const char *what, uint64_t *v, int n) {
                 return;
         }
         qsort(v, (size_t) n, sizeof(uint64_t), cmp_u64);
-        printf("  %-10s n=%d  median %.2f ms  p90 %.2f ms  max %.2f ms\n", what, n, v[n / 2] / 1e6,
+        printf("  %s: n=%d  median %.2f ms  p90 %.2f ms  max %.2f ms\n", what, n, v[n / 2] / 1e6,
                v[(n * 9) / 10 < n ? (n * 9) / 10 : n - 1] / 1e6, v[n - 1] / 1e6);
 }
 
@@ -141,8 +168,11 @@ int main(int argc, char **argv) {
         pthread_t th;
         pthread_create(&th, NULL, prober, NULL);
         usleep(200000);
+        if (!wait_warm_standby(ctl, root))
+                fprintf(stderr, "no warm standby within 30 s\n");
 
         uint64_t *kv = calloc((size_t) kills + 1, sizeof(uint64_t)), *uv = calloc((size_t) upgrades + 1, sizeof(uint64_t));
+        uint64_t *wv = calloc((size_t) upgrades + 1, sizeof(uint64_t));
         int nk = 0, nu = 0;
         for (int i = 0; i < kills; i++) {
                 pid_t pid = worker_pid(ctl, root);
@@ -170,6 +200,8 @@ int main(int argc, char **argv) {
                 for (int w = 0; w < 100 && worker_pid(ctl, root) == pid; w++)
                         usleep(10000);
                 usleep(1100000);
+                if (!wait_warm_standby(ctl, root))
+                        fprintf(stderr, "kill %d: no warm standby within 30 s; killing anyway\n", i + 1);
         }
         for (int i = 0; i < upgrades; i++) {
                 char cmd[8400];
@@ -177,6 +209,7 @@ int main(int argc, char **argv) {
                 atomic_store(&first_ok_ns, 0);
                 uint64_t t0 = now_ns();
                 atomic_store(&event_ns, t0);
+                atomic_store(&max_wait_ns, 0);
                 if (system(cmd) != 0) {
                         fprintf(stderr, "upgrade %d failed\n", i);
                         atomic_fetch_add(&failures, 1);
@@ -198,6 +231,8 @@ int main(int argc, char **argv) {
                         fprintf(stderr, "no last_stall_us in status\n");
                         break;
                 }
+                /* the request in flight at the end of the stall is over */
+                wv[nu] = atomic_load(&max_wait_ns);
                 uv[nu++] = (uint64_t) stall_us * 1000;
                 atomic_store(&event_ns, 0);
                 usleep(50000);
@@ -207,8 +242,10 @@ int main(int argc, char **argv) {
         printf("takeover with %d mounted layers (%" PRIu64 " probe requests, %" PRIu64 " failed):\n", n_mounts,
                (uint64_t) atomic_load(&ops), (uint64_t) atomic_load(&failures));
         report("kill -9", kv, nk);
-        report("upgrade", uv, nu);
+        report("upgrade: longest reader wait", wv, nu);
+        report("upgrade: supervisor's stall (Drain -> last MountStatus)", uv, nu);
         free(kv);
         free(uv);
+        free(wv);
         return atomic_load(&failures) ? 1 : 0;
 }

@@ -204,7 +204,7 @@ import pbwire  # noqa: E402
 import socket  # noqa: E402
 
 ENV = {"worker_start": 20, "mount": 21, "worker_go": 22, "unmount": 23, "drain": 24,
-       "worker_ready": 30, "mount_status": 31, "drained": 32}
+       "worker_ready": 30, "mount_status": 31, "drained": 32, "warm": 33}
 ENV_NAMES = {v: k for k, v in ENV.items()}
 
 
@@ -255,6 +255,7 @@ class FakeSupervisor:
         self.mounts = []   # (mountpoint, fd)
         self.sock = None
         self.proc = None
+        self.warms = []
 
     def spawn(self):
         sup, wk = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -281,7 +282,17 @@ class FakeSupervisor:
         else:
             socket.send_fds(self.sock, [data], [fd])
 
-    def recv(self):
+    def recv(self, skip_warm=True):
+        """The next message; Warm (which a holding worker sends when it
+        pleases) is counted in self.warms and skipped unless asked for."""
+        while True:
+            name, msg = self._recv1()
+            if name == "warm" and skip_warm:
+                self.warms.append(msg)
+                continue
+            return name, msg
+
+    def _recv1(self):
         data = self.sock.recv(16384)
         if not data:
             raise EOFError("worker closed the socket")

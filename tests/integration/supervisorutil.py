@@ -93,6 +93,21 @@ def ppid_of(pid):
         return None
 
 
+def zombie_children(pid):
+    """Children of pid that exited and were not reaped."""
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open("/proc/%s/stat" % d) as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] == "Z" and int(fields[1]) == pid:
+                out.append(int(d))
+    return out
+
+
 def cmdline_of(pid):
     try:
         with open("/proc/%d/cmdline" % pid, "rb") as f:

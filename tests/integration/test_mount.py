@@ -504,6 +504,8 @@ def test_worker_standby_hold_and_go(tree, hf_blob, supervisor):
     s.spawn()
     b = (s.sock, s.proc)
     s.hold([(_record(7, mp, blob, init), fd)], generation=2)
+    name, warm = s.recv(skip_warm=False)
+    assert name == "warm" and warm.get(1) == 1, (name, warm)  # layer opened from its record
     # a second mount while B holds: A serves it, B gets its record, then
     # the record with the INIT parameters, then its Unmount
     mp2 = s.new_mount_point()

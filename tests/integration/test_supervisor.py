@@ -479,6 +479,7 @@ def test_crash_upgrade_reexec(sups, layer):
         assert r.ops > 100
     assert st["restarts"] >= kills and st["generation"] >= kills + upgrades + 1
     assert su.fd_kinds(s.fds_quiet()) == su.fd_kinds(fds_mounted), (s.fds(), fds_mounted)
+    assert su.zombie_children(s.pid) == [], "the supervisor left workers unreaped"
     for mp in mps:
         s.ctl("umount", mp)
     assert su.fd_kinds(s.fds_quiet()) == su.fd_kinds(fds_empty), (s.fds(), fds_empty)

@@ -174,6 +174,28 @@ static FuseSession *get_by_key(FuseServer *srv, uint64_t key) {
         return s;
 }
 
+size_t fuse_server_preload(FuseServer *srv, bool (*keep_going)(void *userdata), void *userdata) {
+        pthread_mutex_lock(&srv->lock);
+        size_t n = srv->n_sessions;
+        uint64_t *keys = malloc(MAX(n, (size_t) 1) * sizeof(*keys));
+        for (size_t i = 0; keys && i < n; i++)
+                keys[i] = srv->sessions[i]->key;
+        pthread_mutex_unlock(&srv->lock);
+        if (!keys)
+                return 0;
+        size_t opened = 0;
+        for (size_t i = 0; i < n && keep_going(userdata); i++) {
+                FuseSession *s = get_by_key(srv, keys[i]);
+                if (!s)
+                        continue; /* removed meanwhile */
+                if (fuse_session_initialized(s) && fuse_session_preload(s) > 0)
+                        opened++;
+                fuse_session_unref(s);
+        }
+        free(keys);
+        return opened;
+}
+
 /* The connection is gone (unmounted, or aborted). */
 static void session_gone(FuseServer *srv, FuseSession *s) {
         pthread_mutex_lock(&srv->lock);

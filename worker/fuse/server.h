@@ -38,6 +38,13 @@ int fuse_server_add(FuseServer *srv, uint64_t id, int take_fd, const char *sourc
  * -ENOENT when unknown. */
 int fuse_server_remove(FuseServer *srv, uint64_t id);
 
+/* Opens, from stored records, the layers of initialized connections that
+ * have none yet, one at a time, while keep_going(userdata) says so (asked
+ * before each), until every one was tried (see fuse_session_preload). Any
+ * thread; meant for a low-priority one while nothing reads. Returns how
+ * many it opened. */
+size_t fuse_server_preload(FuseServer *srv, bool (*keep_going)(void *userdata), void *userdata);
+
 int fuse_server_start(FuseServer *srv);
 /* Drains: returns once every serving thread has exited. */
 void fuse_server_stop(FuseServer *srv);

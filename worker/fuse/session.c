@@ -109,6 +109,30 @@ out:
         return r;
 }
 
+int fuse_session_preload(FuseSession *s) {
+        if (__atomic_load_n(&s->layer, __ATOMIC_ACQUIRE))
+                return 0;
+        if (!s->ops || !s->ops->preload)
+                return -EOPNOTSUPP;
+        int r = 1;
+        pthread_mutex_lock(&s->lock);
+        if (s->layer)
+                r = 0;
+        else {
+                ErrMsg err = {};
+                Layer *l;
+                void *handle = NULL;
+                r = s->ops->preload(s->ops->userdata, s->source, &l, &handle, &err);
+                if (r >= 0) {
+                        s->layer_handle = handle;
+                        __atomic_store_n(&s->layer, l, __ATOMIC_RELEASE);
+                        r = 1;
+                }
+        }
+        pthread_mutex_unlock(&s->lock);
+        return r;
+}
+
 int fuse_session_set_params(FuseSession *s, const FuseParams *p) {
         int r = 0;
         pthread_mutex_lock(&s->lock);

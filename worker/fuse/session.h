@@ -20,6 +20,8 @@
 /* How the engine opens a layer on demand (worker/layers/, wired by main). */
 typedef struct FuseLayerOps {
         int (*open)(void *userdata, const char *source, Layer **ret_layer, void **ret_handle, ErrMsg *err);
+        /* The same from a stored record only (-ENOENT: none); optional. */
+        int (*preload)(void *userdata, const char *source, Layer **ret_layer, void **ret_handle, ErrMsg *err);
         void (*close)(void *userdata, void *handle);
         void *userdata;
 } FuseLayerOps;
@@ -52,6 +54,11 @@ FuseSession *fuse_session_unref(FuseSession *s);
 /* The layer, opening it on first use. Fails with -EIO (logged; a failed
  * open is retried at most once a second). */
 int fuse_session_layer(FuseSession *s, Layer **ret);
+
+/* Opens the layer ahead of its first request, from a stored record only
+ * (ops->preload). 1: opened now, 0: open already, < 0: not possible (no
+ * record; the first request opens it the usual way). */
+int fuse_session_preload(FuseSession *s);
 
 /* Records what FUSE_INIT negotiated. -EALREADY if initialized before. */
 int fuse_session_set_params(FuseSession *s, const FuseParams *p);

@@ -24,4 +24,7 @@ typedef struct LayerSource {
 /* store may be NULL. Returns 0, -EINVAL (not an absolute path), or what
  * opening the blob or its TOC failed with (message in err). */
 int layer_source_open(const char *source, MetaStore *store, LayerSource **ret, ErrMsg *err);
+/* Only from a stored record: -ENOENT (or the record's error) instead of
+ * indexing the blob. For warming up, where indexing would cost too much. */
+int layer_source_open_stored(const char *source, MetaStore *store, LayerSource **ret, ErrMsg *err);
 LayerSource *layer_source_close(LayerSource *ls);

@@ -45,7 +45,7 @@ static int source_key(const char *path, int fd, char **ret, uint64_t *ret_size, 
         return 0;
 }
 
-int layer_source_open(const char *source, MetaStore *store, LayerSource **ret, ErrMsg *err) {
+static int source_open(const char *source, MetaStore *store, bool stored_only, LayerSource **ret, ErrMsg *err) {
         if (!source || source[0] != '/')
                 return errmsg_set(err, -EINVAL, "layer source %s is not an absolute path", source ? source : "(null)");
         LayerSource *ls = calloc(1, sizeof(*ls));
@@ -72,6 +72,11 @@ int layer_source_open(const char *source, MetaStore *store, LayerSource **ret, E
                         return 0;
                 }
                 /* -ENOENT, -EBADMSG, -EPROTO, a store error: index the blob */
+                if (stored_only)
+                        goto fail;
+        } else if (stored_only) {
+                r = -ENOENT;
+                goto fail;
         }
         r = layer_open(fd_read_at, &ls->fd, size, NULL, &ls->layer, err);
         if (r < 0) {
@@ -87,4 +92,12 @@ int layer_source_open(const char *source, MetaStore *store, LayerSource **ret, E
 fail:
         layer_source_close(ls);
         return r;
+}
+
+int layer_source_open(const char *source, MetaStore *store, LayerSource **ret, ErrMsg *err) {
+        return source_open(source, store, false, ret, err);
+}
+
+int layer_source_open_stored(const char *source, MetaStore *store, LayerSource **ret, ErrMsg *err) {
+        return source_open(source, store, true, ret, err);
 }
