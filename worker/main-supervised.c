@@ -300,21 +300,16 @@ static void held_drop(Supervised *w, HeldSet *h, uint64_t id) {
  * mounts open their layers. */
 static int go(Supervised *w, HeldSet *h, bool takeover) {
         uint64_t t0 = mono_us();
-        int r = fuse_server_start(w->srv);
+        size_t adopted = 0, resent = 0;
+        for (size_t i = 0; i < h->n; i++)
+                adopted += h->v[i].prepared;
+        int r = fuse_server_start_takeover(w->srv, &resent);
         if (r < 0) {
                 log_error_errno(r, "Cannot start serving threads: %m");
                 return r;
         }
-        size_t adopted = 0;
-        for (size_t i = 0; i < h->n; i++) {
-                Held *x = &h->v[i];
-                if (!x->prepared)
-                        continue;
-                r = fuse_notify_resend(x->fd);
-                if (r < 0)
-                        log_warn_errno(r, "mount %" PRIu64 ": FUSE_NOTIFY_RESEND failed: %m", x->rec.id);
-                adopted++;
-        }
+        if (resent < adopted)
+                log_warn("FUSE_NOTIFY_RESEND failed on %zu of %zu connections", adopted - resent, adopted);
         uint64_t t1 = mono_us();
         for (size_t i = 0; i < h->n; i++) {
                 Held *x = &h->v[i];

@@ -131,6 +131,7 @@ static int worker_layer_preload(void *userdata, const char *source, Layer **ret_
         int r = layer_source_open_stored(source, *store, &ls, err);
         if (r < 0)
                 return r;
+        log_debug("layer %s: index from the store", source);
         *ret_layer = ls->layer;
         *ret_handle = ls;
         return 0;

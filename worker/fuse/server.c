@@ -15,6 +15,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -40,6 +41,14 @@ struct FuseServer {
         FuseSession **sessions;  /* protected by lock; each holds a reference */
         size_t n_sessions, cap_sessions; /* protected by lock */
         uint64_t next_key;       /* protected by lock */
+
+        /* fuse_server_start_takeover(): the sessions to RESEND, one
+         * reference each; threads claim them by index before serving */
+        FuseSession **resend;    /* owned */
+        size_t n_resend;
+        size_t resend_next;      /* atomic */
+        size_t resent;           /* atomic: RESENDs that succeeded */
+        size_t resend_done;      /* atomic: RESENDs written or failed */
 };
 
 static void on_session_init(void *userdata, FuseSession *s) {
@@ -90,6 +99,9 @@ FuseServer *fuse_server_free(FuseServer *srv) {
                 fuse_session_unref(srv->sessions[i]);
         free(srv->sessions);
         free(srv->threads);
+        for (size_t i = 0; srv->resend && i < srv->n_resend; i++)
+                fuse_session_unref(srv->resend[i]);
+        free(srv->resend);
         if (srv->epfd >= 0)
                 close(srv->epfd);
         if (srv->stopfd >= 0)
@@ -237,9 +249,31 @@ static void serve_one(FuseServer *srv, FuseThread *t, FuseSession *s) {
         fuse_dispatch(s, t, &srv->hooks, t->in, (size_t) n);
 }
 
+/* Claims sessions of a takeover until none is left: RESEND each. */
+static void resend_share(FuseServer *srv) {
+        for (;;) {
+                size_t i = __atomic_fetch_add(&srv->resend_next, 1, __ATOMIC_RELAXED);
+                if (i >= srv->n_resend)
+                        return;
+                FuseSession *s = TAKE_PTR(srv->resend[i]);
+                int r = fuse_notify_resend(s->fd);
+                if (r < 0)
+                        log_warn_errno(r, "mount %" PRIu64 ": FUSE_NOTIFY_RESEND failed: %m", s->id);
+                else
+                        __atomic_add_fetch(&srv->resent, 1, __ATOMIC_RELAXED);
+                fuse_session_unref(s);
+                __atomic_add_fetch(&srv->resend_done, 1, __ATOMIC_RELEASE);
+        }
+}
+
 static void *serve_thread(void *userdata) {
         FuseServer *srv = userdata;
         FuseThread t = {};
+        resend_share(srv);
+        /* no thread waits on a connection until every RESEND is written:
+         * each would wake it for nothing */
+        for (int i = 0; i < 1000000 && __atomic_load_n(&srv->resend_done, __ATOMIC_ACQUIRE) < srv->n_resend; i++)
+                sched_yield();
         int r = chunk_decoder_new(&t.decoder);
         t.in = malloc(FUSE_IN_BUF_SIZE);
         t.out = malloc(FUSE_MAX_READ_SIZE);
@@ -269,6 +303,28 @@ out:
         free(t.in);
         free(t.out);
         return NULL;
+}
+
+int fuse_server_start_takeover(FuseServer *srv, size_t *ret_resent) {
+        pthread_mutex_lock(&srv->lock);
+        srv->resend = calloc(MAX(srv->n_sessions, (size_t) 1), sizeof(*srv->resend));
+        if (!srv->resend) {
+                pthread_mutex_unlock(&srv->lock);
+                return -ENOMEM;
+        }
+        for (size_t i = 0; i < srv->n_sessions; i++)
+                srv->resend[i] = fuse_session_ref(srv->sessions[i]);
+        srv->n_resend = srv->n_sessions;
+        pthread_mutex_unlock(&srv->lock);
+        int r = fuse_server_start(srv);
+        /* the threads that started did every RESEND before serving; this
+         * thread takes what is left (none, unless a thread failed) */
+        resend_share(srv);
+        /* wait (bounded) for the ones other threads claimed to be written */
+        for (int i = 0; i < 1000000 && __atomic_load_n(&srv->resend_done, __ATOMIC_ACQUIRE) < srv->n_resend; i++)
+                sched_yield();
+        *ret_resent = __atomic_load_n(&srv->resent, __ATOMIC_RELAXED);
+        return r;
 }
 
 int fuse_server_start(FuseServer *srv) {

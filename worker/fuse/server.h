@@ -46,6 +46,12 @@ int fuse_server_remove(FuseServer *srv, uint64_t id);
 size_t fuse_server_preload(FuseServer *srv, bool (*keep_going)(void *userdata), void *userdata);
 
 int fuse_server_start(FuseServer *srv);
+/* The same for a takeover: every thread first writes FUSE_NOTIFY_RESEND
+ * on its share of the connections served so far (all of them at once, on
+ * every CPU, before any thread waits for requests: a RESEND wakes the
+ * waiters of its connection), then serves. Returns once every RESEND was
+ * written; *ret_resent: how many succeeded. */
+int fuse_server_start_takeover(FuseServer *srv, size_t *ret_resent);
 /* Drains: returns once every serving thread has exited. */
 void fuse_server_stop(FuseServer *srv);
 

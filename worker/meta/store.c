@@ -261,13 +261,21 @@ static int writer(MetaStore *s, rocksdb_t **ret, ErrMsg *err) {
         }
         pthread_mutex_lock(&s->open_lock);
         int r = 0;
-        if (!s->db) {
+        /* The previous worker's lock goes when its memory keeper exits
+         * (worker/util/mm-keeper.h), a few hundred ms after the worker:
+         * retry a busy store for up to 2 s. */
+        for (int tries = 0; !s->db; tries++) {
                 char *e = NULL;
                 db = rocksdb_open(s->options, s->dir, &e);
-                if (e)
-                        r = rocks_error(e, err, "read-write open of", s->dir);
-                else
+                if (!e) {
                         __atomic_store_n(&s->db, db, __ATOMIC_RELEASE);
+                        break;
+                }
+                r = rocks_error(e, err, "read-write open of", s->dir);
+                if (r != -EBUSY || tries >= 100)
+                        break;
+                r = 0;
+                usleep(20000);
         }
         pthread_mutex_unlock(&s->open_lock);
         if (r < 0)

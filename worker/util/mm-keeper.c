@@ -5,11 +5,12 @@
 #include "worker/util/mm-keeper.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdint.h>
+#include <time.h>
 #include <sys/mman.h>
-#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -19,13 +20,19 @@ __attribute__((no_sanitize_address, no_sanitize_undefined)) static int keeper_ma
         pid_t parent = (pid_t) (intptr_t) arg;
         uint64_t all = ~0ull;
         syscall(SYS_rt_sigprocmask, SIG_SETMASK, &all, NULL, sizeof(all));
-        syscall(SYS_close_range, 0u, ~0u, 0u);
-        syscall(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
-        /* the parent may have died before PR_SET_PDEATHSIG */
-        if (syscall(SYS_getppid) != parent)
-                syscall(SYS_exit, 0);
-        for (;;)
-                syscall(SYS_ppoll, NULL, 0, NULL, NULL, 0);
+        /* a pidfd in the shared table, with close-on-exec: readable once
+         * the worker exited */
+        long pidfd = syscall(SYS_pidfd_open, parent, 0);
+        if (pidfd >= 0 && syscall(SYS_getppid) == parent) {
+                struct pollfd p = { .fd = (int) pidfd, .events = POLLIN };
+                while (syscall(SYS_ppoll, &p, 1, NULL, NULL, 0) != 1)
+                        ;
+        }
+        /* let the next worker finish its takeover before the kernel frees
+         * what this one held */
+        struct timespec grace = { .tv_nsec = 300 * 1000 * 1000 };
+        syscall(SYS_ppoll, NULL, 0, &grace, NULL, 0);
+        syscall(SYS_exit, 0);
         return 0;
 }
 
@@ -34,7 +41,7 @@ int mm_keeper_start(void) {
         if (stack == MAP_FAILED)
                 return -errno;
         /* the stack stays mapped: it is the keeper's for its whole life */
-        pid_t pid = clone(keeper_main, (char *) stack + KEEPER_STACK, CLONE_VM | SIGCHLD,
+        pid_t pid = clone(keeper_main, (char *) stack + KEEPER_STACK, CLONE_VM | CLONE_FILES | SIGCHLD,
                           (void *) (intptr_t) getpid());
         if (pid < 0) {
                 int r = -errno;

@@ -1,13 +1,16 @@
-/* Deferred teardown of the worker's memory. A killed process frees its
- * whole address space before its pidfd reports the exit, and the
+/* Deferred teardown of a worker. A killed process frees its address
+ * space and closes its files before its pidfd reports the exit, and the
  * supervisor hands the mounts to the next worker only after that report:
- * freeing hundreds of MB of layer indexes (and their page tables) is a
- * stall for every reader. The keeper is a tiny child that shares the
- * worker's memory (CLONE_VM) and nothing else: no fd, no signal handler,
- * no thread of the worker's. While it lives, the worker's exit skips the
- * teardown; the keeper dies with its parent (PR_SET_PDEATHSIG) and frees
- * the memory then, off the takeover's path. It never runs code of the
- * worker: it blocks in ppoll(2) until it is killed. Main thread only. */
+ * freeing hundreds of MB of layer indexes and closing a thousand blob fds
+ * and an epoll set of a thousand connections is a stall for every reader.
+ * The keeper is a tiny child that shares the worker's memory and file
+ * table (CLONE_VM | CLONE_FILES) and nothing else: it runs no code of the
+ * worker, reads nothing, blocks every signal, and only sleeps in ppoll(2)
+ * with raw system calls. While it lives, the worker's exit skips that
+ * teardown. It waits on a pidfd of the worker and exits 300 ms after the
+ * worker did, when the next worker has taken over; the kernel then frees
+ * what the worker held (the store's lock too: see meta/store.c). Main
+ * thread only. */
 #pragma once
 
 /* Starts the keeper; 0 or -errno (then exits cost what they did). */
