@@ -49,11 +49,13 @@ static bool worker_alive(const Worker *w) {
 }
 
 static void fail_new_mount(Supervisor *s, Mount *m, int error, const char *msg) {
-        if (m->waiter)
-                ctl_conn_reply_error(m->waiter, error, "%s", msg);
+        /* detach first: when holdfastctl hears of the failure, the mount
+         * is gone */
         int r = fuse_mount_detach(m->mountpoint);
         if (r < 0)
                 log_error_errno(r, "detach %s", m->mountpoint);
+        if (m->waiter)
+                ctl_conn_reply_error(m->waiter, error, "%s", msg);
         sd_forget_mount(s, m->id);
         mount_table_remove(&s->mounts, m);
         sd_store_state(s);
@@ -286,6 +288,7 @@ void supervisor_on_worker_exit(Supervisor *s, Worker *w) {
                 return;
         }
         s->current = NULL;
+        s->last_drained = w->drained;
         for (Mount *m = s->mounts.head; m; m = m->next)
                 m->served = false;
         if (crashed && !s->down_since_us)

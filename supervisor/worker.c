@@ -318,6 +318,7 @@ int worker_go(Worker *w) {
         for (Mount *m = s->mounts.head; m; m = m->next)
                 if (m->sent_gen != 0 || m->initialized)
                         e.msg.worker_go.takeover = true;
+        e.msg.worker_go.drained = e.msg.worker_go.takeover && s->last_drained;
         int r = send_env(w, &e, -1);
         if (r < 0)
                 return r;
@@ -467,6 +468,7 @@ static void on_sock(uv_poll_t *h, int status, int events) {
         case holdfast_Envelope_drained_tag:
                 if (w->state != WORKER_DRAINING)
                         return worker_garbage(w, "Drained without Drain");
+                w->drained = true;
                 return;
         default:
                 return worker_garbage(w, "unexpected message");

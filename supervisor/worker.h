@@ -43,6 +43,7 @@ typedef struct Worker {
         size_t pending;           /* start-sequence mounts without MountStatus */
         bool asked_to_exit;       /* Drain or our SIGKILL: not a crash */
         bool warm;                /* Warm came (or its deadline passed) */
+        bool drained;             /* Drained came */
         bool misbehaved;
         uint64_t spawned_ms;
         uint64_t serving_ms;      /* 0 until SERVING */

@@ -298,12 +298,22 @@ static void held_drop(Supervised *w, HeldSet *h, uint64_t id) {
  * queue, bit 63 set in their unique): all of that before any MountStatus,
  * so the last connection waits as little as the first. Then the new
  * mounts open their layers. */
-static int go(Supervised *w, HeldSet *h, bool takeover) {
+static int go(Supervised *w, HeldSet *h, bool takeover, bool drained) {
         uint64_t t0 = mono_us();
         size_t adopted = 0, resent = 0;
         for (size_t i = 0; i < h->n; i++)
                 adopted += h->v[i].prepared;
-        int r = fuse_server_start_takeover(w->srv, &resent);
+        int r;
+        if (drained) {
+                /* The previous worker answered every request it read before
+                 * it said Drained: what waits is queued, not lost. Serve at
+                 * once; the RESENDs after are a safety net. */
+                r = fuse_server_start(w->srv);
+                for (size_t i = 0; r >= 0 && i < h->n; i++)
+                        if (h->v[i].prepared)
+                                resent += fuse_notify_resend(h->v[i].fd) >= 0;
+        } else
+                r = fuse_server_start_takeover(w->srv, &resent);
         if (r < 0) {
                 log_error_errno(r, "Cannot start serving threads: %m");
                 return r;
@@ -513,7 +523,7 @@ static int startup(Supervised *w, holdfast_Envelope *e, const WorkerArgs *args) 
                         /* stop warming up; joined at exit, not now */
                         if (w->preload)
                                 preload_kick(w->preload, true);
-                        r = go(w, &h, e->msg.worker_go.takeover);
+                        r = go(w, &h, e->msg.worker_go.takeover, e->msg.worker_go.drained);
                         if (r >= 0)
                                 r = 1;
                         break;
