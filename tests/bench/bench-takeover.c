@@ -67,17 +67,24 @@ static void *prober(void *arg) {
         return NULL;
 }
 
-/* A number field of `holdfastctl status --json`, or -1. */
-static long long status_field(const char *ctl, const char *root, const char *field) {
+/* `holdfastctl status --json` into buf; false when it cannot be run. */
+static bool status_json(const char *ctl, const char *root, char *buf, size_t size) {
         char cmd[8400];
         snprintf(cmd, sizeof(cmd), "%s --root %s status --json", ctl, root);
         FILE *f = popen(cmd, "r");
         if (!f)
-                return -1;
-        char buf[8192];
-        size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+                return false;
+        size_t n = fread(buf, 1, size - 1, f);
         buf[n] = 0;
         pclose(f);
+        return true;
+}
+
+/* A number field of `holdfastctl status --json`, or -1. */
+static long long status_field(const char *ctl, const char *root, const char *field) {
+        char buf[8192];
+        if (!status_json(ctl, root, buf, sizeof(buf)))
+                return -1;
         char key[64];
         snprintf(key, sizeof(key), "\"%s\"", field);
         char *p = strstr(buf, key);
@@ -91,16 +98,10 @@ static long long status_field(const char *ctl, const char *root, const char *fie
  * layers opened ahead (standby_warm), as it does between real crashes.
  * Bounded: 30 s. Returns whether it got there. */
 static bool wait_warm_standby(const char *ctl, const char *root) {
-        char cmd[8400];
-        snprintf(cmd, sizeof(cmd), "%s --root %s status --json", ctl, root);
+        char buf[8192];
         for (int i = 0; i < 300; i++) {
-                FILE *f = popen(cmd, "r");
-                if (!f)
+                if (!status_json(ctl, root, buf, sizeof(buf)))
                         return false;
-                char buf[8192];
-                size_t n = fread(buf, 1, sizeof(buf) - 1, f);
-                buf[n] = 0;
-                pclose(f);
                 if (strstr(buf, "\"standby_warm\":true"))
                         return true;
                 usleep(100000);

@@ -93,19 +93,38 @@ def ppid_of(pid):
         return None
 
 
-def zombie_children(pid):
-    """Children of pid that exited and were not reaped."""
+def _proc_stat(pid):
+    """(state, ppid) of a process, or None when it is gone."""
+    try:
+        with open("/proc/%s/stat" % pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return fields[0], int(fields[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _children(pid, zombies):
     out = []
     for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open("/proc/%s/stat" % d) as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if fields[0] == "Z" and int(fields[1]) == pid:
-                out.append(int(d))
+        st = _proc_stat(d) if d.isdigit() else None
+        if st and st[1] == pid and (st[0] == "Z") == zombies:
+            out.append(int(d))
     return out
+
+
+def children_of(pid):
+    """Live children of pid."""
+    return _children(pid, False)
+
+
+def zombie_children(pid):
+    """Children of pid that exited and were not reaped."""
+    return _children(pid, True)
+
+
+def alive(pid):
+    st = _proc_stat(pid)
+    return st is not None and st[0] != "Z"
 
 
 def cmdline_of(pid):

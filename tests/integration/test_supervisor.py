@@ -248,9 +248,17 @@ def test_standby_takes_over(sups, layer):
     mp2 = s.mount(layer.blob)  # the standby gets its record, then its INIT parameters
     check_file(mp2, layer, "big/b0")
     time.sleep(0.2)
+    # the killed worker's memory keeper (its one child, sharing its memory)
+    # must leave soon after it: nothing of a dead worker stays
+    keepers = su.children_of(s.status()["worker_pid"])
+    assert len(keepers) == 1, keepers
     worker = s.kill_worker()
     st = s.wait_served()
     assert st["worker_pid"] == standby, (st, worker)
+    deadline = time.monotonic() + 5
+    while su.alive(keepers[0]):
+        assert time.monotonic() < deadline, "the killed worker's keeper %d is still alive" % keepers[0]
+        time.sleep(0.05)
     for mp in (mp1, mp2):
         for rel in ("big/b1", "d03/f004", "d11/f029"):
             check_file(mp, layer, rel)

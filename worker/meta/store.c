@@ -334,8 +334,11 @@ int meta_layer_get(MetaStore *s, const char *key, void **ret_val, size_t *ret_le
         int r = get_pinned(s, k, klen, &v, err);
         /* A secondary misses what the previous worker stored after this
          * one opened the store: catch up, look again. */
-        if (r == -ENOENT && catch_up(s, err) > 0)
-                r = get_pinned(s, k, klen, &v, err);
+        if (r == -ENOENT) {
+                ErrMsg ignored = {}; /* a failed catch-up leaves a miss a miss */
+                if (catch_up(s, &ignored) > 0)
+                        r = get_pinned(s, k, klen, &v, err);
+        }
         if (r < 0)
                 return r;
         size_t len;
