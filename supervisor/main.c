@@ -131,6 +131,7 @@ int main(int argc, char **argv) {
         s->restart_interval_ms = 60000;
         s->delay_max_ms = 5000;
         s->want_standby = true;
+        s->prev_inflight_fd = -1;
         while ((c = getopt_long(argc, argv, "h", opts, NULL)) >= 0)
                 switch (c) {
                 case 'r': root = optarg; break;
@@ -233,6 +234,8 @@ int main(int argc, char **argv) {
         sd_ready(s);
         uv_run(&loop, UV_RUN_DEFAULT);
         uv_loop_close(&loop);
+        if (s->prev_inflight_fd >= 0)
+                close(s->prev_inflight_fd);
         free(s->root);
         free(s->worker_path);
         free(s->self_path);

@@ -31,7 +31,7 @@ static int set_cloexec(int fd, bool on) {
 static void set_cloexec_all(Supervisor *s, const StateExtra *x, int memfd, bool on) {
         for (Mount *m = s->mounts.head; m; m = m->next)
                 set_cloexec(m->fd, on);
-        int fds[] = { x->listen_fd, x->reply_fd, x->worker_pidfd, x->worker_sock, memfd };
+        int fds[] = { x->listen_fd, x->reply_fd, x->worker_pidfd, x->worker_sock, x->worker_inflight_fd, memfd };
         for (size_t i = 0; i < ELEMENTSOF(fds); i++)
                 if (fds[i] >= 0)
                         set_cloexec(fds[i], on);
@@ -53,6 +53,7 @@ int supervisor_reexec(Supervisor *s, CtlConn *c, ErrMsg *err) {
                 .reply_fd = c->fd,
                 .worker_pidfd = w ? w->pidfd : -1,
                 .worker_sock = w ? w->sock : -1,
+                .worker_inflight_fd = w ? w->inflight_fd : -1,
                 .worker_pid = w ? w->pid : 0,
                 .worker_generation = w ? w->generation : 0,
                 .worker_serving_ms = w ? w->serving_ms : 0,
@@ -106,7 +107,7 @@ int supervisor_restore(Supervisor *s, int state_fd, ErrMsg *err) {
                         mount_table_remove(&s->mounts, m);
                 }
         }
-        int fds[] = { x.listen_fd, x.reply_fd, x.worker_pidfd, x.worker_sock };
+        int fds[] = { x.listen_fd, x.reply_fd, x.worker_pidfd, x.worker_sock, x.worker_inflight_fd };
         for (size_t i = 0; i < ELEMENTSOF(fds); i++)
                 if (fds[i] >= 0 && set_cloexec(fds[i], true) < 0)
                         return errmsg_set(err, -EBADF, "fd %d did not survive the exec", fds[i]);
@@ -114,8 +115,8 @@ int supervisor_restore(Supervisor *s, int state_fd, ErrMsg *err) {
         if (r < 0)
                 return errmsg_set(err, r, "control socket: %s", strerror(-r));
         if (x.worker_pidfd >= 0) {
-                r = worker_adopt(s, x.worker_pid, x.worker_pidfd, x.worker_sock, x.worker_generation,
-                                 x.worker_serving_ms, &s->current);
+                r = worker_adopt(s, x.worker_pid, x.worker_pidfd, x.worker_sock, x.worker_inflight_fd,
+                                 x.worker_generation, x.worker_serving_ms, &s->current);
                 if (r < 0)
                         return errmsg_set(err, r, "cannot adopt worker %d: %s", (int) x.worker_pid, strerror(-r));
                 supervisor_want_standby(s);

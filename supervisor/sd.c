@@ -72,7 +72,8 @@ void sd_forget_mount(Supervisor *s, uint64_t id) {
 void sd_store_state(Supervisor *s) {
         if (!s->under_systemd)
                 return;
-        StateExtra x = { .listen_fd = -1, .reply_fd = -1, .worker_pidfd = -1, .worker_sock = -1 };
+        StateExtra x = { .listen_fd = -1, .reply_fd = -1, .worker_pidfd = -1, .worker_sock = -1,
+                         .worker_inflight_fd = -1 };
         int fd;
         int r = state_save(s, &x, &fd);
         if (r < 0) {

@@ -62,6 +62,7 @@ static int encode(Supervisor *s, const StateExtra *x, Buf *b) {
         PUT(b, (int32_t) x->worker_pid);
         PUT(b, x->worker_generation);
         PUT(b, x->worker_serving_ms);
+        PUT(b, (int32_t) x->worker_inflight_fd);
         PUT(b, (uint32_t) s->mounts.count);
         holdfast_MountRecord *mr = malloc(sizeof(*mr));
         uint8_t *pb = malloc(holdfast_MountRecord_size);
@@ -147,21 +148,22 @@ int state_load(Supervisor *s, int fd, StateExtra *x, ErrMsg *err) {
         Cursor c = { map, (size_t) st.st_size };
         char magic[sizeof(STATE_MAGIC) - 1];
         uint32_t version = 0, gave_up = 0, n = 0;
-        int32_t listen_fd, reply_fd, pidfd, sock, pid;
+        int32_t listen_fd, reply_fd, pidfd, sock, pid, inflight = -1;
         int r = 0;
         if (!get(&c, magic, sizeof(magic)) || memcmp(magic, STATE_MAGIC, sizeof(magic)) != 0 ||
             !GET(&c, version)) {
                 r = errmsg_set(err, -EBADMSG, "not a holdfast state file");
                 goto out;
         }
-        if (version != STATE_VERSION) {
+        if (version != STATE_VERSION && version != 1) {
                 r = errmsg_set(err, -EPROTO, "state version %u, this binary reads %u", version, STATE_VERSION);
                 goto out;
         }
         if (!GET(&c, s->generation) || !GET(&c, s->restarts) || !GET(&c, s->start_ms) ||
             !GET(&c, s->mounts.next_id) || !GET(&c, s->last_stall_us) || !GET(&c, gave_up) ||
             !GET(&c, listen_fd) || !GET(&c, reply_fd) || !GET(&c, pidfd) || !GET(&c, sock) || !GET(&c, pid) ||
-            !GET(&c, x->worker_generation) || !GET(&c, x->worker_serving_ms) || !GET(&c, n)) {
+            !GET(&c, x->worker_generation) || !GET(&c, x->worker_serving_ms) ||
+            (version >= 2 && !GET(&c, inflight)) || !GET(&c, n)) {
                 r = errmsg_set(err, -EBADMSG, "state file truncated");
                 goto out;
         }
@@ -170,6 +172,7 @@ int state_load(Supervisor *s, int fd, StateExtra *x, ErrMsg *err) {
         x->reply_fd = reply_fd;
         x->worker_pidfd = pidfd;
         x->worker_sock = sock;
+        x->worker_inflight_fd = inflight;
         x->worker_pid = pid;
         holdfast_MountRecord *mr = malloc(sizeof(*mr));
         if (!mr) {

@@ -14,7 +14,7 @@
 typedef struct Supervisor Supervisor;
 
 #define STATE_MAGIC "holdfast-state\n"
-#define STATE_VERSION 1
+#define STATE_VERSION 2   /* 2 added worker_inflight_fd; 1 is still read */
 
 /* Fields that are not in the Supervisor's mount table. */
 typedef struct StateExtra {
@@ -22,6 +22,7 @@ typedef struct StateExtra {
         int listen_fd;            /* -1: none */
         int reply_fd;             /* the REEXEC request's connection, or -1 */
         int worker_pidfd, worker_sock;   /* -1: no worker carried */
+        int worker_inflight_fd;   /* -1: none (its successor resends everything first) */
         pid_t worker_pid;
         uint64_t worker_generation;
         uint64_t worker_serving_ms;

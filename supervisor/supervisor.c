@@ -289,6 +289,13 @@ void supervisor_on_worker_exit(Supervisor *s, Worker *w) {
         }
         s->current = NULL;
         s->last_drained = w->drained;
+        /* Its table tells the next worker where requests may be in flight,
+         * but only once its own takeover's RESENDs were all written
+         * (SERVING): before that, requests of the worker before it may
+         * still wait on connections it never counted. */
+        if (s->prev_inflight_fd >= 0)
+                close(s->prev_inflight_fd);
+        s->prev_inflight_fd = w->serving_ms ? TAKE_FD(w->inflight_fd) : -1;
         for (Mount *m = s->mounts.head; m; m = m->next)
                 m->served = false;
         if (crashed && !s->down_since_us)

@@ -36,6 +36,8 @@ typedef struct Supervisor {
         uv_timer_t standby_timer;  /* spawns the standby a while after a start */
         bool upgrading;
         bool last_drained;         /* the last worker to exit said Drained */
+        int prev_inflight_fd;      /* owned; the in-flight table of the last
+                                    * serving worker that exited, for WorkerGo */
         CtlConn *upgrade_waiter;   /* borrowed; NULL when the client is gone */
         uint64_t drain_start_us;   /* Drain (or death) -> last MountStatus */
         uint64_t down_since_us;    /* crash: death seen -> last MountStatus */

@@ -52,15 +52,20 @@ static void on_sock(uv_poll_t *h, int status, int events);
 static void on_pidfd(uv_poll_t *h, int status, int events);
 static void on_timer(uv_timer_t *t);
 
+static void worker_close_fds_and_free(Worker *w) {
+        if (w->pidfd >= 0)
+                close(w->pidfd);
+        if (w->sock >= 0)
+                close(w->sock);
+        if (w->inflight_fd >= 0)
+                close(w->inflight_fd);
+        free(w);
+}
+
 static void on_handle_closed(uv_handle_t *h) {
         Worker *w = h->data;
-        if (--w->open_handles == 0) {
-                if (w->pidfd >= 0)
-                        close(w->pidfd);
-                if (w->sock >= 0)
-                        close(w->sock);
-                free(w);
-        }
+        if (--w->open_handles == 0)
+                worker_close_fds_and_free(w);
 }
 
 static int worker_setup(Supervisor *s, Worker *w) {
@@ -102,11 +107,7 @@ void worker_free(Worker *w) {
         if (!w)
                 return;
         if (w->open_handles == 0) {
-                if (w->pidfd >= 0)
-                        close(w->pidfd);
-                if (w->sock >= 0)
-                        close(w->sock);
-                free(w);
+                worker_close_fds_and_free(w);
                 return;
         }
         uv_close((uv_handle_t *) &w->pid_poll, on_handle_closed);
@@ -190,6 +191,7 @@ int worker_spawn(Supervisor *s, const char *path, uint64_t generation, Worker **
         w->pid = pid;
         w->pidfd = pidfd;
         w->sock = sv[0];
+        w->inflight_fd = -1;
         w->generation = generation;
         w->state = WORKER_SPAWNED;
         w->spawned_ms = now_ms();
@@ -207,17 +209,20 @@ int worker_spawn(Supervisor *s, const char *path, uint64_t generation, Worker **
         return 0;
 }
 
-int worker_adopt(Supervisor *s, pid_t pid, int take_pidfd, int take_sock, uint64_t generation,
-                 uint64_t serving_ms, Worker **ret) {
+int worker_adopt(Supervisor *s, pid_t pid, int take_pidfd, int take_sock, int take_inflight_fd,
+                 uint64_t generation, uint64_t serving_ms, Worker **ret) {
         Worker *w = calloc(1, sizeof(*w));
         if (!w) {
                 close(take_pidfd);
                 close(take_sock);
+                if (take_inflight_fd >= 0)
+                        close(take_inflight_fd);
                 return -ENOMEM;
         }
         w->pid = pid;
         w->pidfd = take_pidfd;
         w->sock = take_sock;
+        w->inflight_fd = take_inflight_fd;
         w->generation = generation;
         w->state = WORKER_SERVING;
         w->spawned_ms = serving_ms;
@@ -319,7 +324,10 @@ int worker_go(Worker *w) {
                 if (m->sent_gen != 0 || m->initialized)
                         e.msg.worker_go.takeover = true;
         e.msg.worker_go.drained = e.msg.worker_go.takeover && s->last_drained;
-        int r = send_env(w, &e, -1);
+        /* the previous worker's in-flight table: which connections to
+         * resend first */
+        _cleanup_close_ int table = TAKE_FD(s->prev_inflight_fd);
+        int r = send_env(w, &e, e.msg.worker_go.takeover ? table : -1);
         if (r < 0)
                 return r;
         /* Serving means: every connection that was served before is
@@ -412,6 +420,35 @@ static void handle_mount_status(Worker *w, const holdfast_MountStatus *st) {
         }
 }
 
+/* Serving: every mount of the start batch not refused by a MountStatus
+ * is served again. */
+static void handle_serving(Worker *w) {
+        Supervisor *s = w->sup;
+        if (w->state != WORKER_STARTING && w->state != WORKER_SERVING && w->state != WORKER_DRAINING)
+                return worker_garbage(w, "Serving before WorkerGo");
+        if (w->state != WORKER_STARTING)
+                return; /* every adopted mount was refused: SERVING already */
+        for (Mount *m = s->mounts.head; m; m = m->next)
+                if (m->in_batch) {
+                        m->in_batch = false;
+                        m->served = true;
+                }
+        w->pending = 0;
+        w->state = WORKER_SERVING;
+        w->serving_ms = now_ms();
+        supervisor_on_worker_serving(s, w);
+}
+
+static bool fd_is_memfd(int fd) {
+        char path[64], target[64];
+        snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+        ssize_t n = readlink(path, target, sizeof(target) - 1);
+        if (n < 0)
+                return false;
+        target[n] = 0;
+        return strncmp(target, "/memfd:", 7) == 0;
+}
+
 static void on_sock(uv_poll_t *h, int status, int events) {
         Worker *w = h->data;
         (void) events;
@@ -438,16 +475,25 @@ static void on_sock(uv_poll_t *h, int status, int events) {
                 }
                 return;
         }
-        if (fd >= 0) {
+        if (fd >= 0 && e.which_msg != holdfast_Envelope_worker_ready_tag) {
                 close(fd);
                 return worker_garbage(w, "sent a file descriptor");
         }
         switch (e.which_msg) {
         case holdfast_Envelope_worker_ready_tag:
-                if (w->state != WORKER_SPAWNED)
-                        return worker_garbage(w, "WorkerReady out of order");
-                if (e.msg.worker_ready.pid != (uint32_t) w->pid)
-                        return worker_garbage(w, "WorkerReady with a wrong pid");
+                if (w->state != WORKER_SPAWNED || e.msg.worker_ready.pid != (uint32_t) w->pid) {
+                        if (fd >= 0)
+                                close(fd);
+                        return worker_garbage(w, "WorkerReady out of order or with a wrong pid");
+                }
+                /* Its in-flight table, kept for its successor. Only a
+                 * memfd is taken: nothing the worker sends may make us
+                 * block or touch the file system. */
+                if (fd >= 0 && !fd_is_memfd(fd)) {
+                        close(fd);
+                        return worker_garbage(w, "WorkerReady with an fd that is not a memfd");
+                }
+                w->inflight_fd = fd;
                 uv_timer_stop(&w->timer);
                 w->state = WORKER_READY;
                 supervisor_on_worker_ready(w->sup, w);
@@ -465,6 +511,8 @@ static void on_sock(uv_poll_t *h, int status, int events) {
                          w->sup->mounts.count, e.msg.warm.layers);
                 supervisor_on_worker_warm(w->sup, w);
                 return;
+        case holdfast_Envelope_serving_tag:
+                return handle_serving(w);
         case holdfast_Envelope_drained_tag:
                 if (w->state != WORKER_DRAINING)
                         return worker_garbage(w, "Drained without Drain");

@@ -31,6 +31,7 @@ typedef struct Worker {
         pid_t pid;
         int pidfd;                /* owned */
         int sock;                 /* owned; our end of the socketpair */
+        int inflight_fd;          /* owned; its in-flight table (WorkerReady), or -1 */
         uv_poll_t pid_poll;       /* readable when the process exited */
         uv_poll_t sock_poll;
         uv_timer_t timer;         /* WorkerReady / Drained deadlines */
@@ -55,8 +56,8 @@ const char *worker_state_to_string(WorkerState st);
 
 int worker_spawn(Supervisor *s, const char *path, uint64_t generation, Worker **ret, ErrMsg *err);
 /* Re-adopts a worker after the supervisor re-executed itself. */
-int worker_adopt(Supervisor *s, pid_t pid, int take_pidfd, int take_sock, uint64_t generation,
-                 uint64_t serving_ms, Worker **ret);
+int worker_adopt(Supervisor *s, pid_t pid, int take_pidfd, int take_sock, int take_inflight_fd,
+                 uint64_t generation, uint64_t serving_ms, Worker **ret);
 
 /* WorkerStart and every mount with its fd: READY -> HOLDING. */
 int worker_load(Worker *w);

@@ -2,16 +2,18 @@
  * protocol"), on the main thread:
  *
  *      open the store (a secondary: no lock)
- *   -> WorkerReady{pid}
+ *   -> WorkerReady{pid} + our in-flight table (memfd)
  *   <- WorkerStart, MountRecord (+fd) per mount
  *   <- MountRecord | Unmount       any number: the hold (a standby)
  *   -> Warm                        once the announced records came and their
  *                                  layers were opened from the store
- *   <- WorkerGo                    the previous worker is gone: catch the
- *      store up; adopt every connection (initialized ones: restore the
- *      INIT blob, write FUSE_NOTIFY_RESEND, serve; new ones: open the
- *      layer, wait for FUSE_INIT)
- *   -> MountStatus per mount (after FUSE_INIT for a new one)
+ *   <- WorkerGo (+ the previous worker's in-flight table, if any): the
+ *      previous worker is gone; adopt every connection (initialized ones:
+ *      restore the INIT blob, write FUSE_NOTIFY_RESEND where requests
+ *      may be in flight, serve; new ones: open the layer, wait for
+ *      FUSE_INIT)
+ *   -> MountStatus for each adopted connection that failed, then Serving;
+ *      a MountStatus for each new one after its FUSE_INIT
  *   <- MountRecord (new mount) | Unmount | Drain, any number of times
  *   -> Drained after Drain (also during the hold), then exit 0
  *
@@ -51,13 +53,17 @@ typedef struct Supervised {
         FuseServer *srv;         /* owned */
 } Supervised;
 
-static int send_env(Supervised *w, holdfast_Envelope *e) {
+static int send_env_fd(Supervised *w, holdfast_Envelope *e, int fd) {
         pthread_mutex_lock(&w->send_lock);
-        int r = msg_send(w->sock, e, -1);
+        int r = msg_send(w->sock, e, fd);
         pthread_mutex_unlock(&w->send_lock);
         if (r < 0)
                 log_error_errno(r, "Cannot send to the supervisor: %m");
         return r;
+}
+
+static int send_env(Supervised *w, holdfast_Envelope *e) {
+        return send_env_fd(w, e, -EBADF);
 }
 
 static int send_warm(Supervised *w, size_t layers) {
@@ -82,6 +88,16 @@ static int send_status(Supervised *w, uint64_t id, int error, const char *messag
                 fuse_params_encode(params, st->init.bytes);
                 st->init.size = FUSE_PARAMS_BLOB_SIZE;
         }
+        return send_env(w, &e);
+}
+
+/* After WorkerGo: every connection handed over initialized is served
+ * (the ones that could not be were reported with a MountStatus each). */
+static int send_serving(Supervised *w, size_t adopted) {
+        static holdfast_Envelope e_zero;
+        holdfast_Envelope e = e_zero;
+        e.which_msg = holdfast_Envelope_serving_tag;
+        e.msg.serving.adopted = (uint32_t) MIN(adopted, (size_t) UINT32_MAX);
         return send_env(w, &e);
 }
 
@@ -292,49 +308,63 @@ static void held_drop(Supervised *w, HeldSet *h, uint64_t id) {
         h->n--;
 }
 
+/* Which connections to RESEND before serving: those the previous
+ * worker's in-flight table (prev_fd, or -EBADF when the supervisor had
+ * none to give) counts, none after a drain without one (the old worker
+ * answered every request it read), else all. *ret_ids and the count, or
+ * -1 for "all of them". The table is exact or errs on the side of a
+ * connection too many (inflight.h): the others have nothing to resend,
+ * and a RESEND on an idle connection is not free (it wakes a thread that
+ * reads nothing). */
+static ssize_t resend_first(int prev_fd, bool drained, uint64_t **ret_ids) {
+        *ret_ids = NULL;
+        if (prev_fd < 0)
+                return drained ? 0 : -1;
+        int n = inflight_table_read_busy(prev_fd, ret_ids);
+        if (n < 0) {
+                log_warn_errno(n, "The previous worker's in-flight table is unusable, resending every connection: %m");
+                return -1;
+        }
+        return n;
+}
+
 /* WorkerGo: the previous holder of these connections is gone. The
- * prepared connections only need their threads and a RESEND each
- * (requests the dead worker had read but not answered go back to the
- * queue, bit 63 set in their unique): all of that before any MountStatus,
- * so the last connection waits as little as the first. Then the new
- * mounts open their layers. */
-static int go(Supervised *w, HeldSet *h, bool takeover, bool drained) {
+ * sessions of initialized connections were set up during the hold; the
+ * serving threads start and first write FUSE_NOTIFY_RESEND on the
+ * connections the previous worker may have had requests in flight on
+ * (its in-flight table says which; without one, on all of them): the
+ * requests it had read but not answered go back to the queue, bit 63
+ * set in their unique. Then one Serving tells the supervisor (after a
+ * MountStatus for each connection that could not be adopted), and the
+ * new mounts open their layers. */
+static int go(Supervised *w, HeldSet *h, bool takeover, bool drained, int prev_inflight_fd) {
         uint64_t t0 = mono_us();
         size_t adopted = 0, resent = 0;
         for (size_t i = 0; i < h->n; i++)
                 adopted += h->v[i].prepared;
-        int r;
-        if (drained) {
-                /* The previous worker answered every request it read before
-                 * it said Drained: what waits is queued, not lost. Serve at
-                 * once; the RESENDs after are a safety net. */
-                r = fuse_server_start(w->srv);
-                for (size_t i = 0; r >= 0 && i < h->n; i++)
-                        if (h->v[i].prepared)
-                                resent += fuse_notify_resend(h->v[i].fd) >= 0;
-        } else
-                r = fuse_server_start_takeover(w->srv, &resent);
+        _cleanup_free_ uint64_t *first = NULL;
+        ssize_t n_first = resend_first(prev_inflight_fd, drained, &first);
+        int r = fuse_server_start_takeover(w->srv, first, n_first, &resent);
         if (r < 0) {
                 log_error_errno(r, "Cannot start serving threads: %m");
                 return r;
         }
-        if (resent < adopted)
-                log_warn("FUSE_NOTIFY_RESEND failed on %zu of %zu connections", adopted - resent, adopted);
         uint64_t t1 = mono_us();
         for (size_t i = 0; i < h->n; i++) {
                 Held *x = &h->v[i];
-                if (x->prepared)
-                        r = send_status(w, x->rec.id, 0, NULL, &x->params);
-                else if (x->error)
-                        r = send_status(w, x->rec.id, x->error, x->why, NULL);
-                else
-                        continue;
-                if (r < 0)
-                        return r;
+                if (x->rec.initialized && !x->prepared) {
+                        r = send_status(w, x->rec.id, x->error ? x->error : -EIO, x->why, NULL);
+                        if (r < 0)
+                                return r;
+                }
         }
+        r = send_serving(w, adopted);
+        if (r < 0)
+                return r;
         if (adopted)
-                log_info("took over %zu mount(s): serving after %" PRIu64 " us, reported after %" PRIu64 " us",
-                         adopted, t1 - t0, mono_us() - t0);
+                log_info("took over %zu mount(s): %zu of %zd RESENDs written, serving after %" PRIu64
+                         " us, reported after %" PRIu64 " us",
+                         adopted, resent, n_first < 0 ? (ssize_t) adopted : n_first, t1 - t0, mono_us() - t0);
         for (size_t i = 0; i < h->n; i++) {
                 Held *x = &h->v[i];
                 if (x->rec.initialized)
@@ -509,24 +539,27 @@ static int startup(Supervised *w, holdfast_Envelope *e, const WorkerArgs *args) 
                         }
                         continue;
                 }
-                if (fd >= 0) {
-                        r = unexpected(e, "a MountRecord (the only message with an fd)", fd);
-                        break;
-                }
-                if (e->which_msg == holdfast_Envelope_unmount_tag) {
-                        held_drop(w, &h, e->msg.unmount.id);
-                        continue;
-                }
                 if (e->which_msg == holdfast_Envelope_worker_go_tag) {
                         log_info("generation %" PRIu64 ": serving %zu mount(s)%s", ws.generation, h.n,
                                  e->msg.worker_go.takeover ? ", taking over" : "");
                         /* stop warming up; joined at exit, not now */
                         if (w->preload)
                                 preload_kick(w->preload, true);
-                        r = go(w, &h, e->msg.worker_go.takeover, e->msg.worker_go.drained);
+                        /* the fd, if any, is the previous worker's in-flight table */
+                        r = go(w, &h, e->msg.worker_go.takeover, e->msg.worker_go.drained, fd);
+                        if (fd >= 0)
+                                close(fd);
                         if (r >= 0)
                                 r = 1;
                         break;
+                }
+                if (fd >= 0) {
+                        r = unexpected(e, "a MountRecord or WorkerGo (the only messages with an fd)", fd);
+                        break;
+                }
+                if (e->which_msg == holdfast_Envelope_unmount_tag) {
+                        held_drop(w, &h, e->msg.unmount.id);
+                        continue;
                 }
                 if (e->which_msg == holdfast_Envelope_drain_tag) {
                         w->preload = preload_end(w->preload);
@@ -619,7 +652,8 @@ int worker_run_supervised(const WorkerArgs *args) {
         memset(e, 0, sizeof(*e));
         e->which_msg = holdfast_Envelope_worker_ready_tag;
         e->msg.worker_ready.pid = (uint32_t) getpid();
-        r = send_env(&w, e);
+        /* with our in-flight table: the supervisor keeps it for our successor */
+        r = send_env_fd(&w, e, fuse_server_inflight_fd(w.srv));
         if (r < 0)
                 goto out;
         r = startup(&w, e, args);

@@ -204,7 +204,7 @@ import pbwire  # noqa: E402
 import socket  # noqa: E402
 
 ENV = {"worker_start": 20, "mount": 21, "worker_go": 22, "unmount": 23, "drain": 24,
-       "worker_ready": 30, "mount_status": 31, "drained": 32, "warm": 33}
+       "worker_ready": 30, "mount_status": 31, "drained": 32, "warm": 33, "serving": 34}
 ENV_NAMES = {v: k for k, v in ENV.items()}
 
 
@@ -267,9 +267,24 @@ class FakeSupervisor:
         sup.settimeout(30)
         self.workers.append(proc)
         self.sock, self.proc = sup, proc
-        name, msg = self.recv()
+        name, msg, fds = self.recv_fds()
         assert name == "worker_ready" and msg.get(1) == proc.pid, (name, msg)
+        assert len(fds) == 1, "WorkerReady without its in-flight table"
+        # the worker's in-flight table (a memfd), for its successor
+        self.inflight = getattr(self, "inflight", {})
+        self.inflight[proc.pid] = fds[0]
         return proc
+
+    def recv_fds(self):
+        """The next message with the fds that came with it."""
+        data, fds, _, _ = socket.recv_fds(self.sock, 16384, 4)
+        if not data:
+            raise EOFError("worker closed the socket")
+        env = pb_decode(data)
+        for num, v in env.items():
+            if num in ENV_NAMES:
+                return ENV_NAMES[num], pb_decode(v), fds
+        raise AssertionError("no message in %r" % env)
 
     def log(self, i=-1):
         with open(os.path.join(self.base, "worker-%d.log" % (len(self.workers) + i if i < 0 else i)), "rb") as f:
@@ -318,10 +333,21 @@ class FakeSupervisor:
         for fields, fd in records:
             self.send("mount", fields, fd)
 
-    def start(self, records, takeover=False, generation=1):
-        """WorkerStart, records [(fields, fd)], WorkerGo."""
+    def start(self, records, takeover=False, generation=1, table=None):
+        """WorkerStart, records [(fields, fd)], WorkerGo (with the previous
+        worker's in-flight table fd, if given); returns the Serving that
+        follows (after a MountStatus for each record that failed, which
+        the caller reads with recv())."""
         self.hold(records, generation)
-        self.send("worker_go", [(1, takeover)])
+        self.send("worker_go", [(1, takeover)], table)
+        statuses = []
+        while True:
+            name, msg = self.recv()
+            if name == "serving":
+                self.refused = statuses
+                return msg
+            assert name == "mount_status", (name, msg)
+            statuses.append(msg)
 
     def cleanup(self):
         for p in self.workers:
@@ -337,6 +363,8 @@ class FakeSupervisor:
                 pass
         if self.sock:
             self.sock.close()
+        for fd in getattr(self, "inflight", {}).values():
+            os.close(fd)
 
     def sanitizer_reports(self):
         out = []

@@ -42,8 +42,10 @@ struct FuseServer {
         size_t n_sessions, cap_sessions; /* protected by lock */
         uint64_t next_key;       /* protected by lock */
 
-        /* fuse_server_start_takeover(): the sessions to RESEND, one
-         * reference each; threads claim them by index before serving */
+        InflightTable *inflight; /* owned; NULL when it could not be made */
+
+        /* fuse_server_start_takeover(): the sessions to RESEND before
+         * serving, one reference each; threads claim them by index */
         FuseSession **resend;    /* owned */
         size_t n_resend;
         size_t resend_next;      /* atomic */
@@ -84,6 +86,10 @@ int fuse_server_new(const FuseServerConfig *cfg, FuseServer **ret) {
                 r = -errno;
                 goto fail;
         }
+        r = inflight_table_new(&srv->inflight);
+        if (r < 0)
+                log_warn_errno(r, "Cannot create the in-flight table (a takeover after this worker resends every "
+                               "connection first): %m");
         *ret = srv;
         return 0;
 fail:
@@ -107,8 +113,14 @@ FuseServer *fuse_server_free(FuseServer *srv) {
         if (srv->stopfd >= 0)
                 close(srv->stopfd);
         pthread_mutex_destroy(&srv->lock);
+        /* after every session: each releases its slot */
+        inflight_table_free(srv->inflight);
         free(srv);
         return NULL;
+}
+
+int fuse_server_inflight_fd(FuseServer *srv) {
+        return srv->inflight ? srv->inflight->fd : -EBADF;
 }
 
 static ssize_t find_locked(FuseServer *srv, uint64_t key, uint64_t id, bool by_id) {
@@ -142,6 +154,10 @@ int fuse_server_add(FuseServer *srv, uint64_t id, int take_fd, const char *sourc
                              TAKE_PTR(layer_handle), &srv->cfg.layer_ops, &s);
         if (r < 0)
                 goto out_unlock;
+        if (srv->inflight) {
+                s->inflight = srv->inflight;
+                s->slot = inflight_slot_claim(srv->inflight, id);
+        }
         struct epoll_event ev = { .events = EPOLLIN | EPOLLONESHOT, .data.u64 = s->key };
         if (epoll_ctl(srv->epfd, EPOLL_CTL_ADD, s->fd, &ev) < 0) {
                 r = -errno;
@@ -230,9 +246,14 @@ static void rearm(FuseServer *srv, FuseSession *s) {
 }
 
 static void serve_one(FuseServer *srv, FuseThread *t, FuseSession *s) {
+        /* Counted before the read: if we die anywhere after it, the
+         * request we may have taken is on the processing list and the
+         * next worker must resend this connection first (inflight.h). */
+        inflight_enter(s->inflight, s->slot);
         ssize_t n = read(s->fd, t->in, FUSE_IN_BUF_SIZE);
         if (n < 0) {
                 int e = errno;
+                inflight_leave(s->inflight, s->slot);
                 /* EAGAIN: another reader or an interrupted request took it;
                  * ENOENT: the request was interrupted before we read it. */
                 if (e == EAGAIN || e == EINTR || e == ENOENT)
@@ -247,6 +268,20 @@ static void serve_one(FuseServer *srv, FuseThread *t, FuseSession *s) {
         }
         rearm(srv, s);
         fuse_dispatch(s, t, &srv->hooks, t->in, (size_t) n);
+        /* every request is answered (or needs no answer) by now */
+        inflight_leave(s->inflight, s->slot);
+}
+
+/* RESEND on s, counted in our table while it runs: a kill between our
+ * claim and the write leaves the requests the previous worker read on
+ * the processing list, and our successor must know. */
+static int resend_one(FuseSession *s) {
+        inflight_enter(s->inflight, s->slot);
+        int r = fuse_notify_resend(s->fd);
+        inflight_leave(s->inflight, s->slot);
+        if (r < 0)
+                log_warn_errno(r, "mount %" PRIu64 ": FUSE_NOTIFY_RESEND failed: %m", s->id);
+        return r;
 }
 
 /* Claims sessions of a takeover until none is left: RESEND each. */
@@ -256,10 +291,7 @@ static void resend_share(FuseServer *srv) {
                 if (i >= srv->n_resend)
                         return;
                 FuseSession *s = TAKE_PTR(srv->resend[i]);
-                int r = fuse_notify_resend(s->fd);
-                if (r < 0)
-                        log_warn_errno(r, "mount %" PRIu64 ": FUSE_NOTIFY_RESEND failed: %m", s->id);
-                else
+                if (resend_one(s) >= 0)
                         __atomic_add_fetch(&srv->resent, 1, __ATOMIC_RELAXED);
                 fuse_session_unref(s);
                 __atomic_add_fetch(&srv->resend_done, 1, __ATOMIC_RELEASE);
@@ -305,16 +337,25 @@ out:
         return NULL;
 }
 
-int fuse_server_start_takeover(FuseServer *srv, size_t *ret_resent) {
+static bool id_in(uint64_t id, const uint64_t *ids, size_t n) {
+        for (size_t i = 0; i < n; i++)
+                if (ids[i] == id)
+                        return true;
+        return false;
+}
+
+int fuse_server_start_takeover(FuseServer *srv, const uint64_t *ids, ssize_t n, size_t *ret_resent) {
         pthread_mutex_lock(&srv->lock);
         srv->resend = calloc(MAX(srv->n_sessions, (size_t) 1), sizeof(*srv->resend));
         if (!srv->resend) {
                 pthread_mutex_unlock(&srv->lock);
                 return -ENOMEM;
         }
-        for (size_t i = 0; i < srv->n_sessions; i++)
-                srv->resend[i] = fuse_session_ref(srv->sessions[i]);
-        srv->n_resend = srv->n_sessions;
+        for (size_t i = 0; i < srv->n_sessions; i++) {
+                FuseSession *s = srv->sessions[i];
+                if (n < 0 || id_in(s->id, ids, (size_t) n))
+                        srv->resend[srv->n_resend++] = fuse_session_ref(s);
+        }
         pthread_mutex_unlock(&srv->lock);
         int r = fuse_server_start(srv);
         /* the threads that started did every RESEND before serving; this

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "worker/fuse/init.h"
 #include "worker/fuse/session.h"
@@ -47,11 +48,14 @@ size_t fuse_server_preload(FuseServer *srv, bool (*keep_going)(void *userdata), 
 
 int fuse_server_start(FuseServer *srv);
 /* The same for a takeover: every thread first writes FUSE_NOTIFY_RESEND
- * on its share of the connections served so far (all of them at once, on
- * every CPU, before any thread waits for requests: a RESEND wakes the
- * waiters of its connection), then serves. Returns once every RESEND was
- * written; *ret_resent: how many succeeded. */
-int fuse_server_start_takeover(FuseServer *srv, size_t *ret_resent);
+ * on its share of the connections of mount ids ids[0..n) (n < 0: of
+ * every connection), on every CPU before any thread waits for requests
+ * (a RESEND wakes the waiters of its connection), then serves. Returns
+ * once those RESENDs were written; *ret_resent: how many succeeded. */
+int fuse_server_start_takeover(FuseServer *srv, const uint64_t *ids, ssize_t n, size_t *ret_resent);
+/* The in-flight table's memfd (inflight.h), for the supervisor to hand to
+ * our successor; -EBADF when there is none. Borrowed. */
+int fuse_server_inflight_fd(FuseServer *srv);
 /* Drains: returns once every serving thread has exited. */
 void fuse_server_stop(FuseServer *srv);
 

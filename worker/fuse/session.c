@@ -34,6 +34,7 @@ int fuse_session_new(uint64_t key, uint64_t id, int take_fd, const char *source,
         s->fd = TAKE_FD(fd);
         s->ops = ops;
         s->refs = 1;
+        s->slot = INFLIGHT_NONE;
         if (params) {
                 s->params = *params;
                 s->initialized = true;
@@ -56,6 +57,9 @@ FuseSession *fuse_session_unref(FuseSession *s) {
                 s->ops->close(s->ops->userdata, s->layer_handle);
         if (s->fd >= 0)
                 close(s->fd);
+        /* after the close: no request of ours can be in flight any more */
+        if (s->inflight)
+                inflight_slot_release(s->inflight, s->slot);
         pthread_mutex_destroy(&s->lock);
         free(s->source);
         free(s);

@@ -15,6 +15,7 @@
 
 #include "common/estargz/layer.h"
 #include "common/util/errmsg.h"
+#include "worker/fuse/inflight.h"
 #include "worker/fuse/init.h"
 
 /* How the engine opens a layer on demand (worker/layers/, wired by main). */
@@ -33,6 +34,8 @@ typedef struct FuseSession {
         char *source;            /* owned; immutable */
         const FuseLayerOps *ops; /* borrowed from the server */
         int refs;                /* atomic */
+        InflightTable *inflight; /* borrowed from the server; NULL: none */
+        uint32_t slot;           /* ours in inflight (released when freed) */
 
         pthread_mutex_t lock;
         bool initialized;        /* written under lock, once; read with acquire loads */
