@@ -90,16 +90,32 @@ static int check_mountpoint(const char *mountpoint, char **ret, ErrMsg *err) {
         return 0;
 }
 
+/* A registry layer ("HOST/REPO@sha256:HEX[#toc=sha256:HEX]"): only its
+ * shape is checked here; the worker parses it, and refuses it with a
+ * message if it cannot be had. */
+static int check_reference(const char *source, char **ret, ErrMsg *err) {
+        if (strlen(source) >= PATH_MAX)
+                return errmsg_set(err, -ENAMETOOLONG, "source is too long");
+        for (const char *p = source; *p; p++)
+                if (*p <= ' ' || *p == 0x7f)
+                        return errmsg_set(err, -EINVAL, "source '%s' has a space or a control character", source);
+        if (!strstr(source, "@sha256:"))
+                return errmsg_set(err, -EINVAL, "source '%s' is neither an absolute path nor a layer reference "
+                                  "(HOST/REPO@sha256:DIGEST)", source);
+        *ret = strdup(source);
+        return *ret ? 0 : -ENOMEM;
+}
+
 int fuse_mount_new(const char *source, const char *mountpoint, char **ret_source, char **ret_mountpoint,
                    int *ret_fd, ErrMsg *err) {
-        int r = check_absolute("source", source, err);
+        int r = source[0] == '/' || !source[0] ? check_absolute("source", source, err) : 0;
         if (r < 0)
                 return r;
         r = check_absolute("mountpoint", mountpoint, err);
         if (r < 0)
                 return r;
         _cleanup_free_ char *src = NULL, *mp = NULL;
-        r = check_source(source, &src, err);
+        r = source[0] == '/' ? check_source(source, &src, err) : check_reference(source, &src, err);
         if (r < 0)
                 return r;
         r = check_mountpoint(mountpoint, &mp, err);

@@ -41,6 +41,7 @@ static int do_mount(int fd, const char *mountpoint) {
 
 int worker_run_standalone(const WorkerArgs *args) {
         MetaStore *store = NULL;
+        LayerEnv *env = NULL;
         FuseServer *srv = NULL;
         _cleanup_close_ int gone = -EBADF, sfd = -EBADF, fuse = -EBADF;
         bool mounted = false;
@@ -56,13 +57,16 @@ int worker_run_standalone(const WorkerArgs *args) {
 
         if (args->root && worker_store_open(args->root, &store) < 0)
                 log_warn("Serving without the layer store");
+        r = worker_env_open(args->root, &store, &env);
+        if (r < 0)
+                goto out;
 
         /* Open the layer first: a bad blob is refused before anything is
          * mounted. */
         ErrMsg err = {};
         Layer *layer;
         void *handle;
-        r = worker_layer_open(&store, args->blob, &layer, &handle, &err);
+        r = worker_layer_open(env, args->blob, &layer, &handle, &err);
         if (r < 0) {
                 log_error_errno(r, "Cannot mount %s: %s", args->blob, err.text[0] ? err.text : strerror(-r));
                 goto out;
@@ -78,7 +82,7 @@ int worker_run_standalone(const WorkerArgs *args) {
         }
         FuseServerConfig cfg = {
                 .n_threads = args->threads,
-                .layer_ops = worker_layer_ops(&store),
+                .layer_ops = worker_layer_ops(env),
                 .on_gone = on_gone,
                 .userdata = &gone,
         };
@@ -138,6 +142,7 @@ out:
         if (mounted && umount2(args->mountpoint, MNT_DETACH) < 0)
                 log_warn_errno(-errno, "Cannot unmount %s: %m", args->mountpoint);
         srv = fuse_server_free(srv);
+        env = worker_env_close(env);
         store = worker_store_close(store);
         return r;
 }

@@ -36,6 +36,7 @@
 
 #include "common/ipc/msg.h"
 #include "common/util/macro.h"
+#include "worker/layers/layers.h"
 #include "worker/main.h"
 #include "worker/util/log.h"
 #include "worker/util/mm-keeper.h"
@@ -49,6 +50,7 @@ typedef struct Supervised {
         Preloader *preload;      /* owned; the hold's warm-up thread */
         pthread_mutex_t send_lock;
         MetaStore *store;        /* owned */
+        LayerEnv *env;           /* owned; opens layers with store */
         FuseLayerOps layer_ops;
         FuseServer *srv;         /* owned */
 } Supervised;
@@ -149,7 +151,7 @@ static int mount_new(Supervised *w, const holdfast_MountRecord *m, int take_fd) 
         ErrMsg err = {};
         Layer *layer;
         void *handle;
-        int r = worker_layer_open(&w->store, m->source, &layer, &handle, &err);
+        int r = worker_layer_open(w->env, m->source, &layer, &handle, &err);
         if (r < 0) {
                 log_error_errno(r, "mount %" PRIu64 " (%s): refusing %s: %s", m->id, m->mountpoint, m->source,
                                 err.text[0] ? err.text : strerror(-r));
@@ -194,8 +196,9 @@ static int check_record(const holdfast_MountRecord *m, int fd) {
                 log_error("Protocol error: MountRecord %" PRIu64 " without a /dev/fuse fd", m->id);
                 return -EPROTO;
         }
-        if (m->source[0] != '/') {
-                log_error("Protocol error: MountRecord %" PRIu64 ": source %s is not an absolute path", m->id, m->source);
+        if (m->source[0] != '/' && !layer_source_is_remote(m->source)) {
+                log_error("Protocol error: MountRecord %" PRIu64 ": source %s is neither a path nor a layer reference",
+                          m->id, m->source);
                 return -EPROTO;
         }
         /* our reads are non-blocking: EAGAIN is how a thread learns that
@@ -614,11 +617,15 @@ static int serve(Supervised *w, holdfast_Envelope *e) {
 int worker_run_supervised(const WorkerArgs *args) {
         Supervised w = { .sock = args->supervisor_fd };
         pthread_mutex_init(&w.send_lock, NULL);
-        w.layer_ops = worker_layer_ops(&w.store);
-        int r;
+        int r = worker_env_open(args->root, &w.store, &w.env);
+        if (r < 0)
+                return r;
+        w.layer_ops = worker_layer_ops(w.env);
         holdfast_Envelope *e = calloc(1, sizeof(*e));
-        if (!e)
+        if (!e) {
+                w.env = worker_env_close(w.env);
                 return -ENOMEM;
+        }
         if (fcntl(w.sock, F_SETFD, FD_CLOEXEC) < 0) {
                 r = -errno;
                 log_error_errno(r, "--supervisor-fd %d: %m", w.sock);
@@ -683,6 +690,7 @@ out:
         /* Stop the threads before anything they use goes away. */
         w.preload = preload_end(w.preload);
         w.srv = fuse_server_free(w.srv);
+        w.env = worker_env_close(w.env);
         w.store = worker_store_close(w.store);
         pthread_mutex_destroy(&w.send_lock);
         free(e);

@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <getopt.h>
+#include <inttypes.h>
 #include <limits.h>
 #include <signal.h>
 #include <stdio.h>
@@ -13,6 +14,7 @@
 #include <sys/stat.h>
 
 #include "common/util/macro.h"
+#include "worker/cache/cache.h"
 #include "worker/layers/layers.h"
 #include "worker/util/log.h"
 #ifdef HOLDFAST_HAVE_META
@@ -105,16 +107,69 @@ MetaStore *worker_store_close(MetaStore *s) {
 #endif
 }
 
-int worker_layer_open(void *userdata, const char *source, Layer **ret_layer, void **ret_handle, ErrMsg *err) {
-        MetaStore **store = userdata;
+int worker_env_open(const char *root, MetaStore **store, LayerEnv **ret) {
+        LayerEnv *env = calloc(1, sizeof(*env));
+        if (!env)
+                return -ENOMEM;
+        Cache *cache = NULL;
+        if (root) {
+                CacheConfig cfg = { .max_bytes = 20ull << 30 };
+                const char *max = getenv("HOLDFAST_CACHE_MAX_BYTES");
+                if (max) {
+                        char *end;
+                        unsigned long long v = strtoull(max, &end, 10);
+                        if (*end || end == max)
+                                log_warn("HOLDFAST_CACHE_MAX_BYTES=%s is not a number of bytes; using %" PRIu64, max,
+                                         cfg.max_bytes);
+                        else
+                                cfg.max_bytes = v;
+                }
+                ErrMsg err = {};
+                int r = cache_open(root, &cfg, &cache, &err);
+                if (r < 0)
+                        log_warn_errno(r, "Serving registry layers without the chunk cache (every read fetches): %s",
+                                       err.text[0] ? err.text : strerror(-r));
+        }
+        layer_env_init(env, store, cache);
+        env->hosts_dir = getenv("HOLDFAST_HOSTS_DIR");
+        if (getenv("HOLDFAST_NO_PREFETCH"))
+                env->prefetch = false;
+        *ret = env;
+        return 0;
+}
+
+LayerEnv *worker_env_close(LayerEnv *env) {
+        if (!env)
+                return NULL;
+        Cache *cache = env->cache;
+        layer_env_done(env);
+        cache_free(cache);
+        free(env);
+        return NULL;
+}
+
+static int open_layer(LayerEnv *env, const char *source, bool stored_only, bool prefetch, Layer **ret_layer,
+                      void **ret_handle, ErrMsg *err) {
         LayerSource *ls;
-        int r = layer_source_open(source, store ? *store : NULL, &ls, err);
+        int r = stored_only ? layer_source_open_stored(source, env, &ls, err)
+                            : layer_source_open(source, env, prefetch, &ls, err);
         if (r < 0)
                 return r;
         log_debug("layer %s: index %s", source, ls->from_store ? "from the store" : "built from the TOC");
         *ret_layer = ls->layer;
         *ret_handle = ls;
         return 0;
+}
+
+int worker_layer_open(void *userdata, const char *source, Layer **ret_layer, void **ret_handle, ErrMsg *err) {
+        /* a new mount: its prefetch starts now */
+        return open_layer(userdata, source, false, true, ret_layer, ret_handle, err);
+}
+
+/* A connection a previous worker served, on its first request. */
+static int worker_layer_reopen(void *userdata, const char *source, Layer **ret_layer, void **ret_handle,
+                               ErrMsg *err) {
+        return open_layer(userdata, source, false, false, ret_layer, ret_handle, err);
 }
 
 void worker_layer_close(void *userdata, void *handle) {
@@ -124,25 +179,25 @@ void worker_layer_close(void *userdata, void *handle) {
 
 static int worker_layer_preload(void *userdata, const char *source, Layer **ret_layer, void **ret_handle,
                                 ErrMsg *err) {
-        MetaStore **store = userdata;
-        if (!store || !*store)
+        LayerEnv *env = userdata;
+        if (!env->store || !*env->store)
                 return -ENOENT;
-        LayerSource *ls;
-        int r = layer_source_open_stored(source, *store, &ls, err);
-        if (r < 0)
-                return r;
-        log_debug("layer %s: index from the store", source);
-        *ret_layer = ls->layer;
-        *ret_handle = ls;
-        return 0;
+        return open_layer(env, source, true, false, ret_layer, ret_handle, err);
 }
 
-FuseLayerOps worker_layer_ops(MetaStore **store) {
+static ssize_t worker_layer_read(void *userdata, void *handle, ChunkDecoder *d, uint64_t ino, uint64_t off,
+                                 size_t len, void *buf, ErrMsg *err) {
+        (void) userdata;
+        return layer_source_read(handle, d, ino, off, len, buf, err);
+}
+
+FuseLayerOps worker_layer_ops(LayerEnv *env) {
         return (FuseLayerOps) {
-                .open = worker_layer_open,
+                .open = worker_layer_reopen,
                 .preload = worker_layer_preload,
                 .close = worker_layer_close,
-                .userdata = store,
+                .read = worker_layer_read,
+                .userdata = env,
         };
 }
 

@@ -8,6 +8,7 @@
 #include "worker/fuse/server.h"
 
 typedef struct MetaStore MetaStore;
+typedef struct LayerEnv LayerEnv;
 
 typedef struct WorkerArgs {
         const char *root;        /* --root; NULL: none */
@@ -22,9 +23,19 @@ typedef struct WorkerArgs {
 int worker_store_open(const char *root, MetaStore **ret);
 MetaStore *worker_store_close(MetaStore *s);
 
-/* FuseLayerOps over worker/layers/ and *store (read at each open). */
-FuseLayerOps worker_layer_ops(MetaStore **store);
-/* The same open as a function, for eager opens. */
+/* What layers are opened with (worker/layers/): the store (*store, read
+ * at each open), the chunk cache under ROOT/cache (none without root,
+ * or when it cannot be opened) and the registry client.
+ * HOLDFAST_CACHE_MAX_BYTES caps the cache (default 20 GiB),
+ * HOLDFAST_HOSTS_DIR replaces /etc/containerd/certs.d,
+ * HOLDFAST_NO_PREFETCH turns the mount-time prefetch off. */
+int worker_env_open(const char *root, MetaStore **store, LayerEnv **ret);
+LayerEnv *worker_env_close(LayerEnv *env);
+
+/* FuseLayerOps over worker/layers/ with env. */
+FuseLayerOps worker_layer_ops(LayerEnv *env);
+/* The open of a new mount (its prefetch starts), for eager opens;
+ * userdata is the LayerEnv. */
 int worker_layer_open(void *userdata, const char *source, Layer **ret_layer, void **ret_handle, ErrMsg *err);
 void worker_layer_close(void *userdata, void *handle);
 

@@ -251,9 +251,19 @@ int cmd_mount(int argc, char **argv) {
                 return r < 0 ? CTL_EXIT_OK : r;
         holdfast_CtlRequest req = holdfast_CtlRequest_init_zero;
         req.op = holdfast_CtlRequest_Op_MOUNT;
-        r = absolute("mount", argv[optind], req.source, sizeof(req.source));
-        if (r)
-                return r;
+        const char *src = argv[optind];
+        if (src[0] != '/' && strstr(src, "@sha256:") && access(src, F_OK) < 0) {
+                /* a registry layer, passed as it is */
+                if (strlen(src) >= sizeof(req.source)) {
+                        ctl_error("mount: layer reference too long: %s", src);
+                        return CTL_EXIT_USAGE;
+                }
+                strcpy(req.source, src);
+        } else {
+                r = absolute("mount", src, req.source, sizeof(req.source));
+                if (r)
+                        return r;
+        }
         r = absolute("mount", argv[optind + 1], req.mountpoint, sizeof(req.mountpoint));
         if (r)
                 return r;
@@ -270,11 +280,24 @@ void help_mount(void) {
         printf(
 "Usage: holdfastctl [--root DIR] mount SOURCE MOUNTPOINT\n"
 "\n"
-"Mount the eStargz blob SOURCE (a local file) read-only at MOUNTPOINT, an\n"
-"existing empty directory. The supervisor mounts it and hands the FUSE\n"
-"connection to the worker; the command returns once the worker serves it\n"
-"(or has refused the blob, in which case nothing stays mounted).\n"
-"Relative paths are taken from the current directory.\n"
+"Mount the eStargz layer SOURCE read-only at MOUNTPOINT, an existing empty\n"
+"directory. SOURCE is a local blob file, or a layer in a registry:\n"
+"\n"
+"    HOST/REPO@sha256:DIGEST[#toc=sha256:TOCDIGEST]\n"
+"\n"
+"(e.g. 127.0.0.1:5000/app@sha256:4f2c...). A registry layer is read\n"
+"lazily: only the chunks that are read are fetched, with HTTP range\n"
+"requests, each verified against the layer's TOC and kept in the chunk\n"
+"cache under the supervisor's root. With #toc=, the TOC must have that\n"
+"digest (the containerd.io/snapshot/stargz/toc.digest annotation).\n"
+"Registries are configured as for containerd (/etc/containerd/certs.d/\n"
+"HOST/hosts.toml; plain HTTP for 127.0.0.1), credentials come from\n"
+"~/.docker/config.json or $DOCKER_CONFIG.\n"
+"\n"
+"The supervisor mounts it and hands the FUSE connection to the worker;\n"
+"the command returns once the worker serves it (or has refused the layer,\n"
+"in which case nothing stays mounted). Relative paths are taken from the\n"
+"current directory.\n"
 DAEMON_NOTES);
 }
 

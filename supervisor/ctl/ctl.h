@@ -41,6 +41,8 @@ int cmd_upgrade(int argc, char **argv);
 void help_upgrade(void);
 int cmd_restart(int argc, char **argv);
 void help_restart(void);
+int cmd_image(int argc, char **argv);
+void help_image(void);
 
 /* "4194304", "64k", "4M", "4MiB", "1G" -> bytes. -EINVAL when malformed. */
 int parse_size(const char *s, uint64_t *ret);

@@ -16,10 +16,11 @@ static const CtlCommand commands[] = {
         { "cat", "write one file of an eStargz blob to stdout", cmd_cat, help_cat },
         { "status", "show the supervisor, its worker and the mounts", cmd_status, help_status },
         { "mounts", "list the mounts", cmd_mounts, help_mounts },
-        { "mount", "mount an eStargz blob", cmd_mount, help_mount },
+        { "mount", "mount an eStargz layer (a local blob or a registry layer)", cmd_mount, help_mount },
         { "umount", "unmount a holdfast mount", cmd_umount, help_umount },
         { "upgrade", "replace the worker (or the supervisor) keeping the mounts", cmd_upgrade, help_upgrade },
         { "restart", "replace the worker with a fresh one", cmd_restart, help_restart },
+        { "image", "mount an image from a registry lazily as one root file system", cmd_image, help_image },
 };
 
 void ctl_error(const char *fmt, ...) {

@@ -197,7 +197,7 @@ def test_bad_requests(sups, layer, workdir):
     # Raw requests: relative paths, empty fields, unknown ops, garbage.
     R = su.ctl_request
     cases = [
-        (R(su.OP["MOUNT"], "layer.esgz", mp), -errno.EINVAL, "not an absolute path"),
+        (R(su.OP["MOUNT"], "layer.esgz", mp), -errno.EINVAL, "neither an absolute path nor a layer reference"),
         (R(su.OP["MOUNT"], layer.blob, "mnt"), -errno.EINVAL, "not an absolute path"),
         (R(su.OP["MOUNT"], "", ""), -errno.EINVAL, "empty"),
         (R(su.OP["UMOUNT"], mountpoint="relative"), -errno.EINVAL, "not an absolute path"),

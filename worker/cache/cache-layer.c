@@ -335,6 +335,10 @@ static int chunk_ready(CacheLayer *cl, size_t ci) {
         return chunk_reverify(cl, ci);
 }
 
+bool cache_layer_chunk_present(CacheLayer *cl, size_t ci) {
+        return ci < cl->idx->n_chunks && (bit_test(cl->present, ci) || bit_test(cl->suspect, ci));
+}
+
 static int file_inode(CacheLayer *cl, uint64_t ino, const IndexInode **ret) {
         const IndexInode *in = index_inode(cl->idx, ino);
         if (!in)

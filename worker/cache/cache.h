@@ -123,6 +123,10 @@ ssize_t cache_layer_read(CacheLayer *cl, uint64_t ino, uint64_t off, size_t len,
  * every missing run. */
 int cache_layer_missing(CacheLayer *cl, uint64_t ino, uint64_t off, size_t len, size_t *ret_first, size_t *ret_n);
 
+/* Whether chunk ci is kept (present, or of an earlier boot and still to be
+ * verified on its first read): a fetch need not ask for it. Lock-free. */
+bool cache_layer_chunk_present(CacheLayer *cl, size_t ci);
+
 /* Stores the verified, decoded bytes of chunk chunk_index (len must be the
  * chunk's size: -EINVAL otherwise, or -EINVAL for a chunk no file owns).
  * 0 also when the chunk was already present. On a write error (-ENOSPC,

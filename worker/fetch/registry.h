@@ -81,6 +81,7 @@ typedef struct FetchBlob FetchBlob;
 typedef struct FetchBlobOptions {
         uint64_t expect_size; /* the descriptor's size; 0: unknown. A different size is -EBADMSG */
         bool allow_full;      /* accept a 200 with the whole blob for a range (and cut the range out) */
+        bool known_size;      /* expect_size is known (a stored record): open without a request */
 } FetchBlobOptions;
 
 /* Finds the blob (HEAD, following redirects) and its size. host_repo is

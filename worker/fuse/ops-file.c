@@ -32,7 +32,11 @@ int op_read(FuseReq *r) {
                 return S_ISDIR(r->inode->mode) ? -EISDIR : -EINVAL;
         size_t size = MIN((size_t) in->size, FUSE_MAX_READ_SIZE);
         ErrMsg err = {};
-        ssize_t n = layer_read(r->layer, r->thread->decoder, r->hdr->nodeid, in->offset, size, r->thread->out, &err);
+        const FuseLayerOps *ops = r->session->ops;
+        ssize_t n = ops && ops->read ? ops->read(ops->userdata, r->session->layer_handle, r->thread->decoder,
+                                                 r->hdr->nodeid, in->offset, size, r->thread->out, &err)
+                                     : layer_read(r->layer, r->thread->decoder, r->hdr->nodeid, in->offset, size,
+                                                  r->thread->out, &err);
         if (n < 0) {
                 log_warn_ratelimited((int) n, "mount %" PRIu64 ": read of inode %" PRIu64 " at %" PRIu64 "+%zu failed: %s",
                                      r->session->id, (uint64_t) r->hdr->nodeid, (uint64_t) in->offset, size,

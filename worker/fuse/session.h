@@ -24,6 +24,10 @@ typedef struct FuseLayerOps {
         /* The same from a stored record only (-ENOENT: none); optional. */
         int (*preload)(void *userdata, const char *source, Layer **ret_layer, void **ret_handle, ErrMsg *err);
         void (*close)(void *userdata, void *handle);
+        /* Reads file bytes as layer_read() does; optional (NULL:
+         * layer_read() on the Layer). handle is what open returned. */
+        ssize_t (*read)(void *userdata, void *handle, ChunkDecoder *d, uint64_t ino, uint64_t off, size_t len,
+                        void *buf, ErrMsg *err);
         void *userdata;
 } FuseLayerOps;
 
@@ -41,7 +45,8 @@ typedef struct FuseSession {
         bool initialized;        /* written under lock, once; read with acquire loads */
         FuseParams params;       /* protected by lock until initialized, then immutable */
         Layer *layer;            /* written under lock once, read with acquire loads */
-        void *layer_handle;      /* owned through ops->close; protected by lock */
+        void *layer_handle;      /* owned through ops->close; written under lock before
+                                  * layer, so readable once layer was loaded (acquire) */
         uint64_t layer_failed_ms; /* protected by lock: last failed open */
         int layer_error;         /* protected by lock */
 } FuseSession;

@@ -1,30 +1,86 @@
-/* Layers for the FUSE engine: a SOURCE (today an absolute path of a local
- * eStargz blob) opened into a Layer that reads the blob with pread(2).
- * With a store, the layer's index is kept in RocksDB under a key that
- * names this exact file (stored as "layer/" realpath ":" size ":" mtime_ns ":"
- * inode), so a restarted worker serves without reading the TOC again; a
- * missing, corrupt or old-version record just makes the layer re-index
- * from its blob. Verification is on (default LayerOptions).
+/* Layers for the FUSE engine: a SOURCE opened into a Layer.
  *
- * Any thread; a LayerSource is immutable once opened and may be read
- * from any thread (pread on one fd). Never logs. */
+ * A SOURCE is either
+ *   - an absolute path of a local eStargz blob, read with pread(2); its
+ *     record in the store is keyed by the file ("layer/" realpath ":" size
+ *     ":" mtime_ns ":" inode); or
+ *   - a registry layer, "HOST/REPO@sha256:HEX", optionally followed by
+ *     "#toc=sha256:HEX" (the containerd.io/snapshot/stargz/toc.digest
+ *     annotation, checked before the TOC is parsed). It is read lazily
+ *     with HTTP range requests (worker/fetch/), each chunk decoded,
+ *     verified and kept in the chunk cache (worker/cache/) so that it is
+ *     fetched once; its record is keyed by the blob digest ("blob:sha256:
+ *     HEX"), so a restarted worker serves it without the network.
+ * A missing, corrupt or old-version record makes the layer re-index from
+ * its blob. Verification is on (default LayerOptions).
+ *
+ * Any thread; a LayerSource is immutable once opened and may be read from
+ * any thread. Never logs. */
 #pragma once
+
+#include <pthread.h>
 
 #include "common/estargz/layer.h"
 #include "common/util/errmsg.h"
 
 typedef struct MetaStore MetaStore;
+typedef struct Cache Cache;
+typedef struct CacheLayer CacheLayer;
+typedef struct FetchClient FetchClient;
+typedef struct FetchBlob FetchBlob;
+typedef struct Prefetch Prefetch;
+
+/* What opening a layer needs. Shared by every thread; main.c owns it. */
+typedef struct LayerEnv {
+        MetaStore **store;       /* borrowed; *store may be NULL (read at each open) */
+        Cache *cache;            /* borrowed; NULL: chunks are not kept */
+        const char *hosts_dir;   /* borrowed; NULL: /etc/containerd/certs.d */
+        bool prefetch;           /* fetch the prefetch landmark's files at mount */
+        pthread_mutex_t lock;
+        FetchClient *fetch;      /* owned; made on the first registry layer; protected by lock */
+} LayerEnv;
+
+void layer_env_init(LayerEnv *env, MetaStore **store, Cache *cache);
+void layer_env_done(LayerEnv *env);
 
 typedef struct LayerSource {
         Layer *layer;            /* owned */
-        int fd;                  /* owned; the blob, O_RDONLY|O_CLOEXEC */
+        int fd;                  /* owned; a local blob, O_RDONLY|O_CLOEXEC; else -1 */
+        FetchBlob *blob;         /* owned; a registry blob; else NULL */
+        CacheLayer *cache;       /* owned; its cached chunks, or NULL */
+        Prefetch *prefetch;      /* owned; the mount-time prefetch, or NULL */
+        uint32_t *blob_order;    /* owned; chunk ids by blob offset (with a cache), or NULL */
+        uint32_t *blob_pos;      /* owned; the inverse: a chunk's place in blob_order */
+        pthread_mutex_t fetch_lock;
+        pthread_cond_t fetch_cond;   /* a fetch ended */
+        uint8_t *fetching;       /* owned; per chunk: a thread fetches it now (with a
+                                  * cache; else NULL); protected by fetch_lock */
         bool from_store;         /* the index came from the store */
 } LayerSource;
 
-/* store may be NULL. Returns 0, -EINVAL (not an absolute path), or what
- * opening the blob or its TOC failed with (message in err). */
-int layer_source_open(const char *source, MetaStore *store, LayerSource **ret, ErrMsg *err);
+/* Returns 0, -EINVAL (neither an absolute path nor a layer reference), or
+ * what opening the blob or its TOC failed with (message in err). With
+ * prefetch (and env->prefetch), a registry layer with a prefetch landmark
+ * starts fetching its files in the background. */
+int layer_source_open(const char *source, LayerEnv *env, bool prefetch, LayerSource **ret, ErrMsg *err);
 /* Only from a stored record: -ENOENT (or the record's error) instead of
- * indexing the blob. For warming up, where indexing would cost too much. */
-int layer_source_open_stored(const char *source, MetaStore *store, LayerSource **ret, ErrMsg *err);
+ * indexing the blob. Never uses the network. For warming up. */
+int layer_source_open_stored(const char *source, LayerEnv *env, LayerSource **ret, ErrMsg *err);
 LayerSource *layer_source_close(LayerSource *ls);
+
+/* Reads [off, off + len) of regular file ino: from the chunk cache, else
+ * from the blob (fetching the missing chunks of the range and a little
+ * of what follows in the file in one request, verified, then cached).
+ * Returns as layer_read(). d is the calling thread's decoder. */
+ssize_t layer_source_read(LayerSource *ls, ChunkDecoder *d, uint64_t ino, uint64_t off, size_t len, void *buf,
+                          ErrMsg *err);
+
+/* Sorts the chunks by blob offset (blob_order, blob_pos), so that a miss
+ * can bring along its neighbours in the blob, and sets up `fetching`, so
+ * that threads missing the same chunk fetch it once. */
+int layer_source_sort_chunks(LayerSource *ls);
+
+/* remote.c: the registry half of the above. */
+bool layer_source_is_remote(const char *source);
+int layer_remote_open(const char *source, LayerEnv *env, bool stored_only, bool prefetch, LayerSource **ret,
+                      ErrMsg *err);

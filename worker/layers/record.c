@@ -24,8 +24,9 @@ int layer_record_load(MetaStore *store, const char *key, ReadAtFn read_at, void 
         if (r < 0)
                 return r;
         /* The key names the file by size and mtime; a record that says
-         * otherwise is not this blob's. */
-        if (img.blob_size != blob_size) {
+         * otherwise is not this blob's. A content-addressed key (blob
+         * digest) passes 0: the record says how large the blob is. */
+        if (blob_size != 0 && img.blob_size != blob_size) {
                 index_free(idx);
                 return errmsg_set(err, -EBADMSG, "stored layer is for a blob of %" PRIu64 " bytes, not %" PRIu64,
                                   img.blob_size, blob_size);

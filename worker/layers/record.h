@@ -9,7 +9,8 @@
 typedef struct MetaStore MetaStore;
 
 /* Builds a Layer reading through read_at/userdata from the record under
- * key. -ENOENT (no record), -EBADMSG (corrupt), -EPROTO (another image
+ * key, for a blob of blob_size bytes (0: as large as the record says).
+ * -ENOENT (no record), -EBADMSG (corrupt), -EPROTO (another image
  * version), -ENOMEM, or the store's error. */
 int layer_record_load(MetaStore *store, const char *key, ReadAtFn read_at, void *userdata, uint64_t blob_size,
                       Layer **ret, ErrMsg *err);

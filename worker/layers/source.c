@@ -1,7 +1,8 @@
-/* Opening a layer from its SOURCE (see layers.h): the blob's fd, the
- * store key, the record or a fresh index. Any thread; never logs: a
- * record that cannot be stored is not an error of the open (the layer is
- * served, just indexed again next time). */
+/* Opening a layer from its SOURCE (see layers.h): for a local blob its
+ * fd, the store key, the record or a fresh index (registry layers are
+ * remote.c's). Any thread; never logs: a record that cannot be stored is
+ * not an error of the open (the layer is served, just indexed again next
+ * time). */
 #include "worker/layers/layers.h"
 
 #include <errno.h>
@@ -15,12 +16,26 @@
 #include <unistd.h>
 
 #include "common/util/macro.h"
+#include "worker/cache/cache.h"
+#include "worker/fetch/registry.h"
+#include "worker/layers/prefetch.h"
 #include "worker/layers/record.h"
 
 LayerSource *layer_source_close(LayerSource *ls) {
         if (!ls)
                 return NULL;
+        /* the prefetch reads through everything below: it goes first */
+        prefetch_stop(ls->prefetch);
+        cache_layer_close(ls->cache);
         layer_free(ls->layer);
+        fetch_blob_free(ls->blob);
+        free(ls->blob_order);
+        free(ls->blob_pos);
+        if (ls->fetching) {
+                free(ls->fetching);
+                pthread_mutex_destroy(&ls->fetch_lock);
+                pthread_cond_destroy(&ls->fetch_cond);
+        }
         if (ls->fd >= 0)
                 close(ls->fd);
         free(ls);
@@ -45,9 +60,14 @@ static int source_key(const char *path, int fd, char **ret, uint64_t *ret_size, 
         return 0;
 }
 
-static int source_open(const char *source, MetaStore *store, bool stored_only, LayerSource **ret, ErrMsg *err) {
+static int source_open(const char *source, LayerEnv *env, bool stored_only, bool prefetch, LayerSource **ret,
+                       ErrMsg *err) {
+        if (source && layer_source_is_remote(source))
+                return layer_remote_open(source, env, stored_only, prefetch, ret, err);
         if (!source || source[0] != '/')
-                return errmsg_set(err, -EINVAL, "layer source %s is not an absolute path", source ? source : "(null)");
+                return errmsg_set(err, -EINVAL, "layer source %s is neither an absolute path nor a layer reference "
+                                  "(HOST/REPO@sha256:DIGEST)", source ? source : "(null)");
+        MetaStore *store = env && env->store ? *env->store : NULL;
         LayerSource *ls = calloc(1, sizeof(*ls));
         if (!ls)
                 return -ENOMEM;
@@ -94,10 +114,10 @@ fail:
         return r;
 }
 
-int layer_source_open(const char *source, MetaStore *store, LayerSource **ret, ErrMsg *err) {
-        return source_open(source, store, false, ret, err);
+int layer_source_open(const char *source, LayerEnv *env, bool prefetch, LayerSource **ret, ErrMsg *err) {
+        return source_open(source, env, false, prefetch, ret, err);
 }
 
-int layer_source_open_stored(const char *source, MetaStore *store, LayerSource **ret, ErrMsg *err) {
-        return source_open(source, store, true, ret, err);
+int layer_source_open_stored(const char *source, LayerEnv *env, LayerSource **ret, ErrMsg *err) {
+        return source_open(source, env, true, false, ret, err);
 }

@@ -1,0 +1,262 @@
+"""Registry layers through the whole path: Debian's docker-registry on
+127.0.0.1, the fault proxy in front of it (which also counts what is
+fetched), holdfast-supervisor and its worker, holdfastctl. Each test
+checks the bytes a reader gets against the source tree.
+
+Run as root from the build dir (meson sets the binaries' paths):
+  /usr/bin/python3 -m pytest tests/integration/test_registry.py
+"""
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import registryutil as ru  # noqa: E402
+import supervisorutil as su  # noqa: E402
+from faultproxy import FaultProxy  # noqa: E402
+from test_supervisor import binaries, layer, sups, workdir  # noqa: E402,F401
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def registry(binaries):  # noqa: F811
+    with ru.Registry() as r:
+        yield r
+
+
+@pytest.fixture(scope="module")
+def proxy(registry):
+    with FaultProxy(registry.url) as p:
+        yield p
+
+
+class Pushed:
+    def __init__(self, ref, toc, size, blob):
+        self.ref = ref          # HOST/REPO@sha256:... through the proxy
+        self.toc = toc
+        self.size = size
+        self.blob = blob
+
+
+@pytest.fixture(scope="module")
+def image(layer, proxy, workdir):  # noqa: F811
+    """The test layer (1 MiB chunks, a prefetch landmark after d00/f000)
+    converted by holdfastctl and pushed with its TOC digest annotation."""
+    tar = os.path.join(workdir, "layer.tar")
+    plist = os.path.join(workdir, "prefetch.txt")
+    with open(plist, "w") as f:
+        f.write("d00/f000\nbig/b0\n")
+    blob = os.path.join(workdir, "registry-layer.esgz")
+    p = subprocess.run([su.holdfastctl_path(), "convert", "--json", "--chunk-size", "1M", "--prefetch-list", plist,
+                        tar, blob], stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=True)
+    info = json.loads(p.stdout)
+    with open(blob, "rb") as f:
+        data = f.read()
+    out = ru.push_image(proxy.url, "app", "v1", [ru.Layer(data, annotations={ru.TOC_DIGEST_ANNOTATION: info["toc_digest"]})])
+    digest = out["layers"][0]["digest"]
+    return Pushed("%s/app@%s" % (proxy.host, digest), info["toc_digest"], len(data), blob)
+
+
+def _sha(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def _check_all(mp, layer):  # noqa: F811
+    for rel, (sha, size) in layer.files.items():
+        assert os.path.getsize(os.path.join(mp, rel)) == size, rel
+        assert _sha(os.path.join(mp, rel)) == sha, rel
+    for rel, target in layer.links.items():
+        assert os.readlink(os.path.join(mp, rel)) == target, rel
+    for rel, names in layer.dirs.items():
+        assert sorted(os.listdir(os.path.join(mp, rel))) == names, rel
+
+
+def _drop_page_cache():
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+
+
+def _range_bytes(stats):
+    total = 0
+    for r in stats["ranges"]:
+        a, b = r["range"].split("=")[1].split("-")
+        total += int(b) - int(a) + 1
+    return total
+
+
+def test_lazy_mount_reads_the_right_bytes_and_fetches_little(sups, layer, image, proxy):  # noqa: F811
+    """Reading one small file fetches the TOC and that file's chunk, not the
+    layer; then every file, link and directory is right; a restarted
+    worker and a cold page cache fetch nothing again (the index is in the
+    store, the chunks in the cache)."""
+    s = sups.start(["--no-standby"])
+    proxy.stats(reset=True)
+    mp = s.mount(image.ref + "#toc=" + image.toc)
+    rel = "d05/f003"
+    assert _sha(os.path.join(mp, rel)) == layer.files[rel][0]
+    first = proxy.stats()
+    assert first["bytes_sent"] < image.size / 4, (first["bytes_sent"], image.size)
+    _check_all(mp, layer)
+    whole = proxy.stats()
+    print("\nregistry layer of %d B, %d files: reading one small file fetched %d B in %d range request(s); "
+          "reading every file: %d range requests, %d B" % (
+              image.size, len(layer.files), first["bytes_sent"], first["requests"].get("range_get", 0),
+              whole["requests"].get("range_get", 0), _range_bytes(whole)))
+    assert whole["requests"].get("range_get", 0) < 200, whole["requests"]
+    assert _range_bytes(whole) <= image.size * 1.05, (_range_bytes(whole), image.size)
+
+    proxy.stats(reset=True)
+    s.kill_worker()
+    s.wait_served()
+    _drop_page_cache()
+    _check_all(mp, layer)
+    after = proxy.stats()
+    assert after["requests"].get("range_get", 0) == 0 and after["requests"].get("head", 0) == 0, after["requests"]
+
+
+def test_prefetch_fetches_the_landmarked_files_at_mount(sups, layer, image, proxy):  # noqa: F811
+    """Files before .prefetch.landmark arrive in the cache right after the
+    mount, in one large request, and reading them fetches nothing."""
+    s = sups.start(["--no-standby"])
+    proxy.stats(reset=True)
+    mp = s.mount(image.ref)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        st = proxy.stats()
+        if any(int(r["range"].split("-")[1]) - int(r["range"].split("=")[1].split("-")[0]) > 512 * 1024
+               for r in st["ranges"]):
+            break
+        time.sleep(0.05)
+    time.sleep(0.5)
+    before = proxy.stats()["requests"].get("range_get", 0)
+    for rel in ("d00/f000", "big/b0"):
+        assert _sha(os.path.join(mp, rel)) == layer.files[rel][0], rel
+    assert proxy.stats()["requests"].get("range_get", 0) == before, "a prefetched file was fetched again"
+
+
+def test_corrupt_bytes_are_never_served(sups, layer, image, proxy):  # noqa: F811
+    """A registry that flips bytes: the reader gets EIO, never the bytes;
+    once it stops, the same reads succeed with the right bytes."""
+    s = sups.start(["--no-standby"])
+    mp = s.mount(image.ref)
+    os.listdir(mp)  # the TOC, unharmed
+    proxy.set_faults({"kind": "corrupt", "range_only": True, "nbytes": 16})
+    try:
+        rel = "big/b2"
+        with pytest.raises(OSError) as e:
+            with open(os.path.join(mp, rel), "rb") as f:
+                f.read()
+        assert e.value.errno == 5, e.value
+    finally:
+        proxy.clear_faults()
+    _drop_page_cache()
+    assert _sha(os.path.join(mp, rel)) == layer.files[rel][0]
+
+
+def test_worker_killed_while_fetching(sups, layer, image, proxy):  # noqa: F811
+    """A worker killed while a reader's chunk is in flight (the registry
+    stalls): the next worker resends the request and the reader gets the
+    right bytes, no error; no torn chunk is left in the cache."""
+    s = sups.start()
+    mp = s.mount(image.ref)
+    os.listdir(mp)
+    s.wait_standby()
+    proxy.set_faults({"kind": "stall", "seconds": 2, "range_only": True, "count": 1})
+    proxy.stats(reset=True)
+    result = {}
+    rel = "big/b1"
+
+    def reader():
+        try:
+            result["sha"] = _sha(os.path.join(mp, rel))
+        except OSError as e:
+            result["error"] = e
+
+    t = threading.Thread(target=reader, daemon=True)
+    t.start()
+    deadline = time.monotonic() + 10
+    while not proxy.stats()["faults"].get("stall") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert proxy.stats()["faults"].get("stall"), "the read never reached the registry"
+    s.kill_worker()
+    t.join(30)
+    assert not t.is_alive(), "the reader is stuck"
+    assert result.get("sha") == layer.files[rel][0], result
+    proxy.clear_faults()
+    _drop_page_cache()
+    _check_all(mp, layer)
+
+
+def test_bad_layers_are_refused_clearly(sups, image, proxy, registry):
+    """A TOC digest that does not match, a blob that is not eStargz, a
+    digest the registry does not have: the mount fails with a message that
+    says so, and nothing stays mounted."""
+    s = sups.start(["--no-standby"])
+    wrong = "sha256:" + "0" * 64
+    mp = s.new_mountpoint()
+    rc, out, err = s.ctl("mount", image.ref + "#toc=" + wrong, mp, check=False)
+    assert rc != 0 and "digest" in err.lower(), (rc, out, err)
+    assert not os.path.ismount(mp)
+
+    plain = ru.push_image(proxy.url, "plain", "v1", [ru.Layer(ru.tar_gz({"hello.txt": b"hi\n"}))])
+    ref = "%s/plain@%s" % (proxy.host, plain["layers"][0]["digest"])
+    rc, out, err = s.ctl("mount", ref, mp, check=False)
+    assert rc != 0 and ("estargz" in err.lower() or "footer" in err.lower() or "toc" in err.lower()), (rc, out, err)
+    assert not os.path.ismount(mp)
+
+    rc, out, err = s.ctl("mount", "%s/app@sha256:%s" % (proxy.host, "1" * 64), mp, check=False)
+    assert rc != 0 and ("404" in err or "not found" in err.lower() or "unknown" in err.lower()), (rc, out, err)
+    assert not os.path.ismount(mp)
+    assert s.status()["mounts"] == []
+
+
+def test_image_mount_merges_the_layers(sups, layer, image, proxy, workdir):  # noqa: F811
+    """holdfastctl image mount: a two-layer image by tag, the upper layer
+    replacing one file and deleting another (a whiteout); the merged tree
+    at TARGET is what containerd would give; image umount removes it all."""
+    s = sups.start(["--no-standby"])
+    upper_src = os.path.join(workdir, "upper")
+    os.makedirs(os.path.join(upper_src, "d00"), exist_ok=True)
+    with open(os.path.join(upper_src, "d00", "f000"), "wb") as f:
+        f.write(b"replaced by the upper layer\n")
+    open(os.path.join(upper_src, "d00", ".wh.f001"), "wb").close()
+    tar = os.path.join(workdir, "upper.tar")
+    subprocess.run(["tar", "--numeric-owner", "-C", upper_src, "-cf", tar, "."], check=True)
+    blob = os.path.join(workdir, "upper.esgz")
+    info = json.loads(subprocess.run([su.holdfastctl_path(), "convert", "--json", tar, blob], check=True,
+                                     stdout=subprocess.PIPE).stdout)
+    with open(image.blob, "rb") as f:
+        lower = f.read()
+    with open(blob, "rb") as f:
+        upper = f.read()
+    ru.push_image(proxy.url, "stack", "v2", [
+        ru.Layer(lower, annotations={ru.TOC_DIGEST_ANNOTATION: image.toc}),
+        ru.Layer(upper, annotations={ru.TOC_DIGEST_ANNOTATION: info["toc_digest"]})])
+    target = s.new_mountpoint()
+    rc, out, err = s.ctl("image", "mount", "%s/stack:v2" % proxy.host, target)
+    assert "2 layers" in out, (out, err)
+    try:
+        with open(os.path.join(target, "d00", "f000"), "rb") as f:
+            assert f.read() == b"replaced by the upper layer\n"
+        assert not os.path.exists(os.path.join(target, "d00", "f001"))
+        for rel in ("d05/f003", "big/b1", "d11/f029"):
+            assert _sha(os.path.join(target, rel)) == layer.files[rel][0], rel
+        assert sorted(os.listdir(os.path.join(target, "d00"))) == sorted(
+            n for n in layer.dirs["d00"] if n != "f001")
+        assert len(s.status()["mounts"]) == 2
+    finally:
+        s.ctl("image", "umount", target)
+    assert not os.path.ismount(target)
+    assert s.status()["mounts"] == []

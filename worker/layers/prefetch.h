@@ -1,0 +1,28 @@
+/* The mount-time prefetch of a registry layer: the files before the
+ * layer's .prefetch.landmark (eStargz puts the files a container reads
+ * first there) are fetched in large contiguous range requests on a
+ * thread of their own, verified and stored in the chunk cache, so that
+ * the first reads hit the cache. Chunks already cached are skipped (a
+ * restarted worker fetches only what the previous one had not). Reads
+ * never wait for it: they fetch what they miss themselves.
+ * .no.prefetch.landmark, or no landmark, prefetches nothing. */
+#pragma once
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/estargz/chunk.h"
+#include "common/util/errmsg.h"
+
+typedef struct LayerSource LayerSource;
+typedef struct Prefetch Prefetch;
+
+/* Starts it for ls (which must have a cache). 0 with *ret NULL when
+ * there is nothing to prefetch. */
+int prefetch_start(LayerSource *ls, Prefetch **ret);
+/* Stops it between two requests, joins and frees (NULL-safe). */
+void prefetch_stop(Prefetch *p);
+
+/* read.c: fetches chunks ids[0..n) (ascending blob offsets) in as few
+ * range requests as their contiguity allows, into the cache. */
+int layer_fetch_chunks(LayerSource *ls, ChunkDecoder *d, const uint32_t *ids, size_t n, ErrMsg *err);

@@ -1,0 +1,242 @@
+/* Reads of a LayerSource (layers.h): through the chunk cache when the
+ * layer has one, else straight from the blob (layer_read()). Serving
+ * threads, and the prefetch thread through layer_fetch_chunks().
+ *
+ * A miss fetches every missing chunk of the range, and of the next
+ * READAHEAD bytes of the same file, with one range request per run of
+ * consecutive missing chunks (a file's chunks are consecutive in the
+ * blob, and eStargz writes chunk members back to back), decodes and verifies each chunk, stores it and copies what the
+ * reader asked for. A chunk that cannot be stored (a full disk) is still
+ * answered from memory; a chunk that cannot be verified is never
+ * answered. Two threads missing the same chunk both fetch it: the cache
+ * keeps one copy. */
+#include "worker/layers/layers.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/estargz/chunk.h"
+#include "common/util/macro.h"
+#include "worker/cache/cache.h"
+#include "worker/fetch/registry.h"
+#include "worker/layers/prefetch.h"
+
+/* Past the end of a read, the file's next chunks are fetched too. */
+#define READAHEAD (1u << 20)
+/* One range request fetches at most this many compressed bytes. */
+#define RUN_MAX (16u << 20)
+/* A miss brings along the chunks that follow it in the blob, up to this
+ * many bytes from its start and this many chunks. */
+#define NEIGHBOURS_SPAN (512u << 10)
+#define NEIGHBOURS_MAX 256
+
+/* Claims ids[0..n) for fetching, as far as no other thread fetches them
+ * already: returns how many (a prefix), or 0 after waiting for the
+ * thread that fetches ids[0] (then look at the cache again: it has the
+ * chunk, or that fetch failed and it is ours to try). */
+static size_t claim(LayerSource *ls, const uint32_t *ids, size_t n) {
+        if (!ls->fetching)
+                return n;
+        pthread_mutex_lock(&ls->fetch_lock);
+        if (ls->fetching[ids[0]]) {
+                /* bounded: every fetch ends by its deadline */
+                while (ls->fetching[ids[0]])
+                        pthread_cond_wait(&ls->fetch_cond, &ls->fetch_lock);
+                pthread_mutex_unlock(&ls->fetch_lock);
+                return 0;
+        }
+        size_t k = 0;
+        while (k < n && !ls->fetching[ids[k]])
+                ls->fetching[ids[k++]] = 1;
+        pthread_mutex_unlock(&ls->fetch_lock);
+        return k;
+}
+
+static void unclaim(LayerSource *ls, const uint32_t *ids, size_t n) {
+        if (!ls->fetching)
+                return;
+        pthread_mutex_lock(&ls->fetch_lock);
+        for (size_t i = 0; i < n; i++)
+                ls->fetching[ids[i]] = 0;
+        pthread_cond_broadcast(&ls->fetch_cond);
+        pthread_mutex_unlock(&ls->fetch_lock);
+}
+
+/* Fetches chunks ids[0..n) of ls's index (ascending blob offsets, their
+ * compressed ranges one contiguous span of the blob) with one range
+ * request, verifies and stores each, and copies into want the part of
+ * each of the first n_want chunks (the reader's file's) that falls in
+ * [want_off, want_off + want_len) of its file. The others are neighbours
+ * in the blob, of other files: stored only. */
+static int fetch_span(LayerSource *ls, ChunkDecoder *d, const uint32_t *ids, size_t n, size_t n_want,
+                      uint64_t want_off, size_t want_len, uint8_t *want, ErrMsg *err) {
+        const Index *idx = ls->layer->index;
+        const IndexChunk *c0 = &idx->chunks[ids[0]], *cn = &idx->chunks[ids[n - 1]];
+        if (cn->blob_end < c0->blob_offset || cn->blob_end - c0->blob_offset > SIZE_MAX / 2)
+                return errmsg_set(err, -EBADMSG, "chunks %" PRIu32 "..%" PRIu32 " are not in blob order", ids[0],
+                                  ids[n - 1]);
+        size_t span = (size_t) (cn->blob_end - c0->blob_offset);
+        _cleanup_free_ uint8_t *comp = malloc(MAX(span, (size_t) 1));
+        if (!comp)
+                return -ENOMEM;
+        ssize_t got = ls->blob ? fetch_blob_read(ls->blob, comp, span, c0->blob_offset, err)
+                               : ls->layer->read_at(ls->layer->userdata, comp, span, c0->blob_offset);
+        if (got < 0)
+                return errmsg_prefix(err, (int) got, "blob bytes %" PRIu64 "+%zu", c0->blob_offset, span);
+        if ((size_t) got != span)
+                return errmsg_set(err, -EIO, "the blob ends at %" PRIu64 ", inside chunk data",
+                                  c0->blob_offset + (uint64_t) got);
+        for (size_t i = 0; i < n; i++) {
+                const IndexChunk *c = &idx->chunks[ids[i]];
+                if (c->blob_offset < c0->blob_offset || c->blob_end > cn->blob_end)
+                        return errmsg_set(err, -EBADMSG, "chunk %" PRIu32 " is outside the span fetched", ids[i]);
+                uint8_t *out = chunk_decoder_slot(d, (size_t) c->size);
+                if (!out)
+                        return -ENOMEM;
+                int r = chunk_decode(d, ls->layer->footer.format, idx, c, comp + (c->blob_offset - c0->blob_offset),
+                                     (size_t) (c->blob_end - c->blob_offset), out, ls->layer->verify, err);
+                if (r < 0)
+                        return errmsg_prefix(err, r, "chunk at blob offset %" PRIu64, c->blob_offset);
+                /* a chunk not stored (a full disk) is still answered below */
+                (void) cache_layer_put(ls->cache, ids[i], out, (size_t) c->size);
+                if (want && i < n_want) {
+                        uint64_t lo = MAX(want_off, c->file_offset);
+                        uint64_t hi = MIN(want_off + want_len, c->file_offset + c->size);
+                        if (lo < hi)
+                                memcpy(want + (lo - want_off), out + (lo - c->file_offset), (size_t) (hi - lo));
+                }
+        }
+        return 0;
+}
+
+/* How many of ids[0..n) one request fetches: at most RUN_MAX bytes of
+ * blob, and only a contiguous span. */
+static size_t span_len(const Index *idx, const uint32_t *ids, size_t n) {
+        size_t k = 1;
+        while (k < n && idx->chunks[ids[k]].blob_offset == idx->chunks[ids[k - 1]].blob_end &&
+               idx->chunks[ids[k]].blob_end - idx->chunks[ids[0]].blob_offset <= RUN_MAX)
+                k++;
+        return k;
+}
+
+/* The chunks that follow ids[n - 1] in the blob, back to back and not
+ * cached, appended (up to cap ids, NEIGHBOURS_SPAN bytes of blob in all):
+ * files next to each other in a layer are mostly read together (a
+ * directory's files, a package's modules), so one request brings the
+ * neighbours of a small file along. Returns the new count. */
+static size_t add_neighbours(LayerSource *ls, uint32_t *ids, size_t n, size_t cap) {
+        const Index *idx = ls->layer->index;
+        if (!ls->blob_order)
+                return n;
+        uint64_t start = idx->chunks[ids[0]].blob_offset;
+        for (size_t p = ls->blob_pos[ids[n - 1]] + 1; n < cap && p < idx->n_chunks; p++) {
+                const IndexChunk *prev = &idx->chunks[ids[n - 1]], *c = &idx->chunks[ls->blob_order[p]];
+                if (c->blob_offset != prev->blob_end || c->blob_end - start > NEIGHBOURS_SPAN ||
+                    cache_layer_chunk_present(ls->cache, ls->blob_order[p]))
+                        break;
+                ids[n++] = ls->blob_order[p];
+        }
+        return n;
+}
+
+static int by_blob_offset(const void *a, const void *b, void *userdata) {
+        const Index *idx = userdata;
+        uint64_t x = idx->chunks[*(const uint32_t *) a].blob_offset, y = idx->chunks[*(const uint32_t *) b].blob_offset;
+        return x < y ? -1 : x > y;
+}
+
+int layer_source_sort_chunks(LayerSource *ls) {
+        const Index *idx = ls->layer->index;
+        if (idx->n_chunks == 0 || idx->n_chunks > UINT32_MAX)
+                return 0;
+        ls->blob_order = malloc(idx->n_chunks * sizeof(uint32_t));
+        ls->blob_pos = malloc(idx->n_chunks * sizeof(uint32_t));
+        if (!ls->blob_order || !ls->blob_pos) {
+                free(TAKE_PTR(ls->blob_order));
+                free(TAKE_PTR(ls->blob_pos));
+                return -ENOMEM;
+        }
+        for (size_t i = 0; i < idx->n_chunks; i++)
+                ls->blob_order[i] = (uint32_t) i;
+        qsort_r(ls->blob_order, idx->n_chunks, sizeof(uint32_t), by_blob_offset, (void *) idx);
+        for (size_t p = 0; p < idx->n_chunks; p++)
+                ls->blob_pos[ls->blob_order[p]] = (uint32_t) p;
+        ls->fetching = calloc(idx->n_chunks, 1);
+        if (!ls->fetching)
+                return -ENOMEM;
+        pthread_mutex_init(&ls->fetch_lock, NULL);
+        pthread_cond_init(&ls->fetch_cond, NULL);
+        return 0;
+}
+
+int layer_fetch_chunks(LayerSource *ls, ChunkDecoder *d, const uint32_t *ids, size_t n, ErrMsg *err) {
+        while (n > 0) {
+                if (cache_layer_chunk_present(ls->cache, ids[0])) {
+                        ids++, n--;
+                        continue;
+                }
+                size_t k = claim(ls, ids, span_len(ls->layer->index, ids, n));
+                if (k == 0)
+                        continue; /* another thread fetched it (or failed: ours now) */
+                int r = fetch_span(ls, d, ids, k, 0, 0, 0, NULL, err);
+                unclaim(ls, ids, k);
+                if (r < 0)
+                        return r;
+                ids += k;
+                n -= k;
+        }
+        return 0;
+}
+
+ssize_t layer_source_read(LayerSource *ls, ChunkDecoder *d, uint64_t ino, uint64_t off, size_t len, void *buf,
+                          ErrMsg *err) {
+        if (!ls->cache)
+                return layer_read(ls->layer, d, ino, off, len, buf, err);
+        ssize_t n = cache_layer_read(ls->cache, ino, off, len, buf);
+        if (n != -ENODATA)
+                return n >= 0 ? n : layer_read(ls->layer, d, ino, off, len, buf, err);
+        const IndexInode *in = index_inode(ls->layer->index, ino);
+        if (!in || off >= in->size)
+                return 0;
+        len = (size_t) MIN((uint64_t) len, in->size - off);
+        uint64_t ahead = MIN(in->size - off, (uint64_t) len + READAHEAD);
+        const Index *idx = ls->layer->index;
+        /* Every missing run in [off, off + ahead), in file order: fetched,
+         * stored, and the part in [off, off + len) copied to buf. Each
+         * round moves the cursor past one run or waits for the thread
+         * that fetches it; past the bound, what is still missing is read
+         * straight from the blob below. */
+        uint64_t cursor = off, end = off + ahead;
+        for (uint64_t round = 0; cursor < end && round <= 2 * (uint64_t) in->count + 2; round++) {
+                size_t first, cnt;
+                int r = cache_layer_missing(ls->cache, ino, cursor, (size_t) (end - cursor), &first, &cnt);
+                if (r < 0)
+                        return layer_read(ls->layer, d, ino, off, len, buf, err);
+                if (r == 0)
+                        break;
+                uint32_t ids[NEIGHBOURS_MAX];
+                size_t k = MIN(cnt, ELEMENTSOF(ids));
+                for (size_t i = 0; i < k; i++)
+                        ids[i] = (uint32_t) (first + i);
+                k = span_len(idx, ids, k);
+                size_t own = k;
+                k = claim(ls, ids, add_neighbours(ls, ids, k, ELEMENTSOF(ids)));
+                if (k == 0)
+                        continue; /* fetched by another thread meanwhile: look again */
+                own = MIN(own, k);
+                r = fetch_span(ls, d, ids, k, own, off, len, buf, err);
+                unclaim(ls, ids, k);
+                if (r < 0)
+                        return r == -ENOMEM || r == -EBADMSG ? r : -EIO;
+                k = own;
+                const IndexChunk *last = &idx->chunks[first + k - 1];
+                cursor = last->file_offset + last->size;
+        }
+        n = cache_layer_read(ls->cache, ino, off, len, buf);
+        if (n == -ENODATA)
+                /* not kept (disk full): decode it again, straight from the blob */
+                return layer_read(ls->layer, d, ino, off, len, buf, err);
+        return n;
+}

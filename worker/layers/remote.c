@@ -1,0 +1,148 @@
+/* Registry layers (layers.h): "HOST/REPO@sha256:HEX[#toc=sha256:HEX]"
+ * opened through worker/fetch/, with the record keyed by the blob digest
+ * and the chunks kept in worker/cache/. Any thread; never logs.
+ *
+ * The Layer reads through remote_read_at() with the LayerSource as its
+ * userdata, so a layer restored from its record gets its FetchBlob (whose
+ * size the record gives: no request) after the Layer is built. */
+#include "worker/layers/layers.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/util/digest.h"
+#include "common/util/macro.h"
+#include "worker/cache/cache.h"
+#include "worker/fetch/registry.h"
+#include "worker/layers/prefetch.h"
+#include "worker/layers/record.h"
+
+#define TOC_SUFFIX "#toc="
+
+void layer_env_init(LayerEnv *env, MetaStore **store, Cache *cache) {
+        *env = (LayerEnv) { .store = store, .cache = cache, .prefetch = true };
+        pthread_mutex_init(&env->lock, NULL);
+}
+
+void layer_env_done(LayerEnv *env) {
+        env->fetch = fetch_client_free(env->fetch);
+        pthread_mutex_destroy(&env->lock);
+}
+
+static int env_fetch(LayerEnv *env, FetchClient **ret, ErrMsg *err) {
+        int r = 0;
+        pthread_mutex_lock(&env->lock);
+        if (!env->fetch) {
+                FetchConfig cfg = { .hosts_dir = env->hosts_dir };
+                r = fetch_client_new(&cfg, &env->fetch, err);
+        }
+        *ret = env->fetch;
+        pthread_mutex_unlock(&env->lock);
+        return r;
+}
+
+bool layer_source_is_remote(const char *source) {
+        return source[0] != '/' && strstr(source, "@sha256:") != NULL;
+}
+
+static ssize_t remote_read_at(void *userdata, void *buf, size_t len, uint64_t off) {
+        LayerSource *ls = userdata;
+        return ls->blob ? fetch_blob_read_at(ls->blob, buf, len, off) : -EIO;
+}
+
+/* Splits source into the layer reference (owned) and the expected TOC
+ * digest, if any. */
+static int parse_source(const char *source, char **ret_ref, uint8_t toc[SHA256_LEN], bool *ret_has_toc,
+                        uint8_t blob_digest[SHA256_LEN], ErrMsg *err) {
+        const char *hash = strstr(source, TOC_SUFFIX);
+        size_t ref_len = hash ? (size_t) (hash - source) : strlen(source);
+        *ret_has_toc = false;
+        if (hash) {
+                const char *t = hash + strlen(TOC_SUFFIX);
+                if (digest_parse(t, strlen(t), toc) < 0)
+                        return errmsg_set(err, -EINVAL, "layer %s: the TOC digest is not sha256:<64 hex>", source);
+                *ret_has_toc = true;
+        }
+        const char *at = memmem(source, ref_len, "@sha256:", 8);
+        const char *d = at ? at + 1 : source;
+        size_t dlen = ref_len - (size_t) (d - source);
+        if (!at || digest_parse(d, dlen, blob_digest) < 0)
+                return errmsg_set(err, -EINVAL, "layer %s: the blob digest is not sha256:<64 hex>", source);
+        *ret_ref = strndup(source, ref_len);
+        return *ret_ref ? 0 : -ENOMEM;
+}
+
+int layer_remote_open(const char *source, LayerEnv *env, bool stored_only, bool prefetch, LayerSource **ret,
+                      ErrMsg *err) {
+        _cleanup_free_ char *ref = NULL;
+        uint8_t toc[SHA256_LEN], blob_digest[SHA256_LEN];
+        bool has_toc;
+        int r = parse_source(source, &ref, toc, &has_toc, blob_digest, err);
+        if (r < 0)
+                return r;
+        char dstr[DIGEST_STRING_LEN + 1], key[DIGEST_STRING_LEN + 16];
+        digest_format(blob_digest, dstr);
+        snprintf(key, sizeof(key), "blob:%s", dstr);
+        MetaStore *store = env->store ? *env->store : NULL;
+        FetchClient *fc;
+        r = env_fetch(env, &fc, err);
+        if (r < 0)
+                return errmsg_prefix(err, r, "registry client");
+
+        LayerSource *ls = calloc(1, sizeof(*ls));
+        if (!ls)
+                return -ENOMEM;
+        ls->fd = -EBADF;
+        if (store) {
+                ErrMsg ignored = {};
+                r = layer_record_load(store, key, remote_read_at, ls, 0, &ls->layer, &ignored);
+                if (r >= 0 && has_toc && memcmp(ls->layer->toc_digest, toc, SHA256_LEN) != 0) {
+                        /* indexed under another TOC digest: not what we are told to trust */
+                        ls->layer = layer_free(ls->layer);
+                        r = -EBADMSG;
+                }
+                if (r >= 0) {
+                        ls->from_store = true;
+                        FetchBlobOptions o = { .expect_size = ls->layer->blob_size, .known_size = true };
+                        r = fetch_blob_open_ref(fc, ref, &o, &ls->blob, err);
+                        if (r < 0)
+                                goto fail;
+                }
+        }
+        if (!ls->layer) {
+                if (stored_only) {
+                        r = -ENOENT;
+                        goto fail;
+                }
+                r = fetch_blob_open_ref(fc, ref, NULL, &ls->blob, err);
+                if (r < 0)
+                        goto fail;
+                LayerOptions lo = { .expect_toc_digest = has_toc ? toc : NULL };
+                r = layer_open(remote_read_at, ls, fetch_blob_size(ls->blob), &lo, &ls->layer, err);
+                if (r < 0) {
+                        errmsg_prefix(err, r, "%s", ref);
+                        goto fail;
+                }
+                if (store) {
+                        ErrMsg ignored = {};
+                        (void) layer_record_save(store, key, ls->layer, &ignored);
+                }
+        }
+        if (env->cache) {
+                /* without the cache the layer is still served, fetching
+                 * every read */
+                ErrMsg ignored = {};
+                (void) cache_layer_open(env->cache, blob_digest, SHA256_LEN, ls->layer->index, &ls->cache, &ignored);
+        }
+        if (ls->cache)
+                (void) layer_source_sort_chunks(ls); /* without: no neighbours fetched along */
+        if (prefetch && env->prefetch && ls->cache)
+                (void) prefetch_start(ls, &ls->prefetch);
+        *ret = ls;
+        return 0;
+fail:
+        layer_source_close(ls);
+        return r;
+}
