@@ -364,6 +364,14 @@ static int go(Supervised *w, HeldSet *h, bool takeover, bool drained, int prev_i
         r = send_serving(w, adopted);
         if (r < 0)
                 return r;
+        /* Off the readers' path: until this is done, opens on adopted
+         * connections do not use passthrough (they read through us). */
+        if (prev_inflight_fd >= 0 && adopted) {
+                int n = fuse_server_inherit_backing(w->srv, prev_inflight_fd);
+                if (n < 0)
+                        log_warn_errno(n, "No passthrough on the connections taken over (the previous worker's "
+                                       "backing ids are unknown): %m");
+        }
         if (adopted)
                 log_info("took over %zu mount(s): %zu of %zd RESENDs written, serving after %" PRIu64
                          " us, reported after %" PRIu64 " us",

@@ -191,12 +191,21 @@ static ssize_t worker_layer_read(void *userdata, void *handle, ChunkDecoder *d, 
         return layer_source_read(handle, d, ino, off, len, buf, err);
 }
 
+static int worker_layer_file_fd(void *userdata, void *handle, uint64_t ino, int *ret_fd) {
+        (void) userdata;
+        LayerSource *ls = handle;
+        if (!ls->cache || cache_layer_file_complete(ls->cache, ino) != 1)
+                return -ENODATA;
+        return cache_layer_file_open(ls->cache, ino, ret_fd);
+}
+
 FuseLayerOps worker_layer_ops(LayerEnv *env) {
         return (FuseLayerOps) {
                 .open = worker_layer_reopen,
                 .preload = worker_layer_preload,
                 .close = worker_layer_close,
                 .read = worker_layer_read,
+                .file_fd = worker_layer_file_fd,
                 .userdata = env,
         };
 }

@@ -191,8 +191,11 @@ class SupervisorProc:
             if self.proc.poll() is not None:
                 raise AssertionError("supervisor exited %s:\n%s" % (self.proc.returncode, self.log()))
             if os.path.exists(self.sock):
-                st = self.status()
-                if st["worker_pid"] and "serving" in st["state"]:
+                # the socket file exists from bind(2) on, a moment before
+                # listen(2): a refused connection means "not yet"
+                rc, out, _ = self.ctl("status", "--json", check=False)
+                st = json.loads(out) if rc == 0 else {}
+                if st.get("worker_pid") and "serving" in st.get("state", ""):
                     return self
             time.sleep(0.02)
         raise AssertionError("supervisor did not come up; log:\n" + self.log())

@@ -260,3 +260,58 @@ def test_image_mount_merges_the_layers(sups, layer, image, proxy, workdir):  # n
         s.ctl("image", "umount", target)
     assert not os.path.ismount(target)
     assert s.status()["mounts"] == []
+
+
+def _read_with_worker_stopped(s, path, timeout=10):
+    """Reads path whole while the worker is SIGSTOPped: only passthrough
+    (the kernel reading the cached file itself) can answer. Returns the
+    sha256, or None if the read did not finish within timeout."""
+    f = open(path, "rb")
+    pid = s.status()["worker_pid"]
+    _drop_page_cache()
+    os.kill(pid, signal.SIGSTOP)
+    result = {}
+
+    def reader():
+        try:
+            result["sha"] = hashlib.sha256(f.read()).hexdigest()
+        except OSError as e:
+            result["error"] = e
+
+    t = threading.Thread(target=reader, daemon=True)
+    t.start()
+    t.join(timeout)
+    os.kill(pid, signal.SIGCONT)
+    t.join(30)
+    f.close()
+    return result.get("sha") if "error" not in result else result["error"]
+
+
+def test_cached_files_are_read_with_passthrough(sups, layer, image, proxy):  # noqa: F811
+    """A file whole in the chunk cache is opened with FUSE passthrough: its
+    reads do not reach the worker (they finish while it is stopped). After
+    the worker is killed, the next one reuses the backing ids: files kept
+    open and new opens of the same inode read the right bytes (a second
+    id for an inode in use would fail the open with EIO)."""
+    s = sups.start()
+    mp = s.mount(image.ref)
+    rel = "big/b1"
+    path = os.path.join(mp, rel)
+    assert _sha(path) == layer.files[rel][0]          # now whole in the cache
+    got = _read_with_worker_stopped(s, path)
+    assert got == layer.files[rel][0], "not read with passthrough: %r" % (got,)
+    kept = open(path, "rb")
+    s.wait_standby()
+    s.kill_worker()
+    s.wait_served()
+    _drop_page_cache()
+    assert hashlib.sha256(kept.read()).hexdigest() == layer.files[rel][0]
+    kept.close()
+    assert _sha(path) == layer.files[rel][0]          # a new open, same inode
+    # the inherited ids are used: passthrough again under the new worker
+    deadline = time.monotonic() + 10
+    while True:
+        got = _read_with_worker_stopped(s, path, timeout=3)
+        if got == layer.files[rel][0] or time.monotonic() > deadline:
+            break
+    assert got == layer.files[rel][0], "no passthrough after the takeover: %r" % (got,)

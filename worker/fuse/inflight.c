@@ -16,11 +16,13 @@
 #include "common/util/macro.h"
 
 static const char inflight_magic[8] = "hfinflt";
-#define INFLIGHT_VERSION 1u
-#define INFLIGHT_SIZE (sizeof(InflightHeader) + (size_t) INFLIGHT_SLOTS * sizeof(InflightSlot))
+#define INFLIGHT_VERSION 2u
+#define SLOTS_END (sizeof(InflightHeader) + (size_t) INFLIGHT_SLOTS * sizeof(InflightSlot))
+#define INFLIGHT_SIZE (SLOTS_END + (size_t) INFLIGHT_BACKING_CAP * sizeof(InflightBacking))
 
 _Static_assert(sizeof(InflightHeader) == 64, "header is 64 bytes");
 _Static_assert(sizeof(InflightSlot) == 16, "slot is 16 bytes");
+_Static_assert(sizeof(InflightBacking) == 16, "backing entry is 16 bytes");
 
 int inflight_table_new(InflightTable **ret) {
         _cleanup_close_ int fd = memfd_create("holdfast-inflight", MFD_CLOEXEC | MFD_ALLOW_SEALING);
@@ -44,7 +46,9 @@ int inflight_table_new(InflightTable **ret) {
         memcpy(t->hdr->magic, inflight_magic, sizeof(inflight_magic));
         t->hdr->version = INFLIGHT_VERSION;
         t->hdr->n_slots = INFLIGHT_SLOTS;
+        t->hdr->backing_cap = INFLIGHT_BACKING_CAP;
         t->slots = (InflightSlot *) (t->hdr + 1);
+        t->backing = (InflightBacking *) ((uint8_t *) map + SLOTS_END);
         t->fd = TAKE_FD(fd);
         *ret = t;
         return 0;
@@ -72,6 +76,7 @@ uint32_t inflight_slot_claim(InflightTable *t, uint64_t mount_id) {
                 if (__atomic_load_n(&s->mount_id, __ATOMIC_RELAXED) != 0)
                         continue;
                 __atomic_store_n(&s->busy, 0, __ATOMIC_RELAXED);
+                __atomic_store_n(&s->flags, 0, __ATOMIC_RELAXED);
                 __atomic_store_n(&s->mount_id, mount_id, __ATOMIC_RELEASE);
                 if (i >= t->hdr->hiwater)
                         __atomic_store_n(&t->hdr->hiwater, i + 1, __ATOMIC_RELEASE);
@@ -141,6 +146,143 @@ int inflight_table_read_busy(int fd, uint64_t **ret_ids) {
         r = (int) n;
 out:
         free(ids);
+        munmap((void *) map, INFLIGHT_SIZE);
+        return r;
+}
+
+/* ---- backing ids ---- */
+
+static uint64_t backing_key(uint64_t mount_id, uint32_t ino) {
+        return mount_id << 32 | ino;
+}
+
+static uint32_t backing_hash(uint64_t key) {
+        key ^= key >> 33;
+        key *= 0xff51afd7ed558ccdull;
+        key ^= key >> 33;
+        return (uint32_t) key & (INFLIGHT_BACKING_CAP - 1);
+}
+
+/* The entry of key, or the free one where it would go; NULL when full. */
+static InflightBacking *backing_find(InflightBacking *tab, uint64_t key) {
+        uint32_t h = backing_hash(key);
+        for (uint32_t n = 0; n < INFLIGHT_BACKING_CAP; n++) {
+                InflightBacking *e = &tab[(h + n) & (INFLIGHT_BACKING_CAP - 1)];
+                uint64_t k = __atomic_load_n(&e->key, __ATOMIC_ACQUIRE);
+                if (k == key || k == 0)
+                        return e;
+        }
+        return NULL;
+}
+
+int inflight_backing_get(InflightTable *t, uint64_t mount_id, uint32_t ino, uint32_t *ret_id) {
+        if (mount_id == 0 || mount_id > UINT32_MAX)
+                return -ENOENT;
+        uint64_t key = backing_key(mount_id, ino);
+        InflightBacking *e = backing_find(t->backing, key);
+        if (!e || __atomic_load_n(&e->key, __ATOMIC_ACQUIRE) != key)
+                return -ENOENT;
+        *ret_id = e->id;
+        return 0;
+}
+
+/* Under t->lock. */
+static int backing_put_locked(InflightTable *t, uint64_t key, uint32_t id) {
+        InflightBacking *e = backing_find(t->backing, key);
+        if (!e)
+                return -ENOSPC;
+        e->id = id;
+        __atomic_store_n(&e->key, key, __ATOMIC_RELEASE);
+        return 0;
+}
+
+int inflight_backing_get_or_register(InflightTable *t, uint64_t mount_id, uint32_t ino,
+                                     int (*register_fn)(void *userdata), void *userdata, uint32_t *ret_id) {
+        if (inflight_backing_get(t, mount_id, ino, ret_id) == 0)
+                return 0;
+        if (mount_id == 0 || mount_id > UINT32_MAX)
+                return -ERANGE;
+        uint64_t key = backing_key(mount_id, ino);
+        pthread_mutex_lock(&t->lock);
+        int r = inflight_backing_get(t, mount_id, ino, ret_id);
+        if (r < 0) {
+                InflightBacking *e = backing_find(t->backing, key);
+                /* keep a quarter free: probes stay short */
+                r = e ? register_fn(userdata) : -ENOSPC;
+                if (r >= 0) {
+                        /* Recorded before any open names it: a successor
+                         * that never saw this id never meets an inode
+                         * that uses it. A kill between the ioctl and this
+                         * store only leaks the id until the unmount. */
+                        uint32_t id = (uint32_t) r;
+                        r = backing_put_locked(t, key, id);
+                        if (r >= 0)
+                                *ret_id = id;
+                }
+        }
+        pthread_mutex_unlock(&t->lock);
+        return r;
+}
+
+void inflight_backing_set_complete(InflightTable *t, uint32_t slot) {
+        if (t && slot != INFLIGHT_NONE)
+                __atomic_or_fetch(&t->slots[slot].flags, INFLIGHT_BACKING_COMPLETE, __ATOMIC_RELEASE);
+}
+
+int inflight_backing_inherit(InflightTable *t, int prev_fd) {
+        struct stat st;
+        if (fstat(prev_fd, &st) < 0)
+                return -errno;
+        if (!S_ISREG(st.st_mode) || (uint64_t) st.st_size != INFLIGHT_SIZE)
+                return -EBADMSG;
+        const uint8_t *map = mmap(NULL, INFLIGHT_SIZE, PROT_READ, MAP_SHARED, prev_fd, 0);
+        if (map == MAP_FAILED)
+                return -errno;
+        const InflightHeader *hdr = (const InflightHeader *) map;
+        const InflightSlot *old = (const InflightSlot *) (hdr + 1);
+        const InflightBacking *tab = (const InflightBacking *) (map + SLOTS_END);
+        int r = 0;
+        if (memcmp(hdr->magic, inflight_magic, sizeof(inflight_magic)) != 0 || hdr->version != INFLIGHT_VERSION ||
+            hdr->n_slots != INFLIGHT_SLOTS || hdr->backing_cap != INFLIGHT_BACKING_CAP) {
+                r = -EBADMSG;
+                goto out;
+        }
+        /* our slots whose mount was complete in the old table */
+        uint32_t end = MIN(__atomic_load_n(&hdr->hiwater, __ATOMIC_ACQUIRE), INFLIGHT_SLOTS);
+        uint32_t mine_end = MIN(__atomic_load_n(&t->hdr->hiwater, __ATOMIC_ACQUIRE), INFLIGHT_SLOTS);
+        bool *take = calloc(MAX(mine_end, 1u), sizeof(bool));
+        if (!take) {
+                r = -ENOMEM;
+                goto out;
+        }
+        for (uint32_t j = 0; j < mine_end; j++) {
+                uint64_t id = __atomic_load_n(&t->slots[j].mount_id, __ATOMIC_ACQUIRE);
+                for (uint32_t i = 0; id && i < end; i++)
+                        if (__atomic_load_n(&old[i].mount_id, __ATOMIC_ACQUIRE) == id &&
+                            (__atomic_load_n(&old[i].flags, __ATOMIC_ACQUIRE) & INFLIGHT_BACKING_COMPLETE)) {
+                                take[j] = true;
+                                break;
+                        }
+        }
+        pthread_mutex_lock(&t->lock);
+        for (uint32_t i = 0; i < INFLIGHT_BACKING_CAP && r >= 0; i++) {
+                uint64_t key = __atomic_load_n(&tab[i].key, __ATOMIC_ACQUIRE);
+                if (key == 0)
+                        continue;
+                for (uint32_t j = 0; j < mine_end; j++)
+                        if (take[j] && t->slots[j].mount_id == key >> 32) {
+                                r = backing_put_locked(t, key, tab[i].id);
+                                break;
+                        }
+        }
+        pthread_mutex_unlock(&t->lock);
+        for (uint32_t j = 0; r >= 0 && j < mine_end; j++)
+                if (take[j]) {
+                        inflight_backing_set_complete(t, j);
+                        r++;
+                }
+        free(take);
+out:
         munmap((void *) map, INFLIGHT_SIZE);
         return r;
 }

@@ -17,9 +17,22 @@
  * processing list counted. Stores to a MAP_SHARED page are not lost when
  * a process dies; they are plain memory.
  *
+ * The same memfd carries the connections' passthrough backing ids
+ * (FUSE_DEV_IOC_BACKING_OPEN): a backing id belongs to the connection and
+ * outlives the worker that registered it, and once an inode has files
+ * open in passthrough mode the kernel refuses (EIO) an open that names
+ * another backing id for it. So every worker must reuse its
+ * predecessors' ids: it copies them from the previous worker's table at
+ * takeover, and uses passthrough on a connection only while its map is
+ * known to be complete (INFLIGHT_BACKING_COMPLETE: the connection's INIT
+ * was answered by this worker, or its map was copied whole from a
+ * predecessor whose map was complete).
+ *
  * Layout (little-endian, this host only): a 64-byte header (magic,
- * version, slot count, an overflow flag), then INFLIGHT_SLOTS slots of
- * {mount id, count}. The file is sparse: untouched slots cost nothing.
+ * version, slot count, an overflow flag, ...), then INFLIGHT_SLOTS slots
+ * of {mount id, count, flags}, then INFLIGHT_BACKING_CAP backing entries
+ * {mount id << 32 | inode, backing id} in an open-addressed hash table.
+ * The file is sparse: untouched slots and entries cost nothing.
  *
  * Threads: claim and release take the table's lock (a session claims a
  * slot when it is added and releases it when its last reference goes);
@@ -33,12 +46,23 @@
 
 #define INFLIGHT_SLOTS 65536u
 #define INFLIGHT_NONE UINT32_MAX
+#define INFLIGHT_BACKING_CAP 65536u   /* a power of two */
+
+enum {
+        INFLIGHT_BACKING_COMPLETE = 1 << 0, /* every backing id of the connection is in the table */
+};
 
 typedef struct InflightSlot {
         uint64_t mount_id;       /* 0: free */
         uint32_t busy;           /* atomic: reads/RESENDs not finished */
-        uint32_t _pad;
+        uint32_t flags;          /* atomic: INFLIGHT_BACKING_* */
 } InflightSlot;
+
+typedef struct InflightBacking {
+        uint64_t key;            /* atomic: mount id << 32 | inode; 0: free */
+        uint32_t id;             /* the backing id, written before key */
+        uint32_t _pad;
+} InflightBacking;
 
 typedef struct InflightHeader {
         char magic[8];           /* "hfinflt\0" */
@@ -46,14 +70,16 @@ typedef struct InflightHeader {
         uint32_t n_slots;
         uint32_t overflow;       /* atomic: a connection got no slot */
         uint32_t hiwater;        /* atomic: slots below it were ever claimed */
-        uint8_t _pad[40];
+        uint32_t backing_cap;
+        uint8_t _pad[36];
 } InflightHeader;
 
 typedef struct InflightTable {
         int fd;                  /* owned; memfd, O_CLOEXEC */
         InflightHeader *hdr;     /* owned mapping: header + slots */
         InflightSlot *slots;
-        pthread_mutex_t lock;
+        InflightBacking *backing;
+        pthread_mutex_t lock;    /* slot claims and backing inserts */
         uint32_t hint;           /* every slot below it is taken; protected by lock */
 } InflightTable;
 
@@ -76,6 +102,26 @@ static inline void inflight_leave(InflightTable *t, uint32_t slot) {
         if (t && slot != INFLIGHT_NONE)
                 __atomic_sub_fetch(&t->slots[slot].busy, 1, __ATOMIC_RELEASE);
 }
+
+/* The backing id recorded for (mount_id, ino): 0 with *ret_id, or
+ * -ENOENT. Lock-free. */
+int inflight_backing_get(InflightTable *t, uint64_t mount_id, uint32_t ino, uint32_t *ret_id);
+/* Returns the id recorded for (mount_id, ino), or registers one with
+ * register_fn(userdata) (which returns the new id or -errno) and records
+ * it, under the table's lock so that two threads never register two.
+ * -ENOSPC when the table is full (then: no passthrough). */
+int inflight_backing_get_or_register(InflightTable *t, uint64_t mount_id, uint32_t ino,
+                                     int (*register_fn)(void *userdata), void *userdata, uint32_t *ret_id);
+static inline bool inflight_backing_complete(InflightTable *t, uint32_t slot) {
+        return t && slot != INFLIGHT_NONE &&
+               (__atomic_load_n(&t->slots[slot].flags, __ATOMIC_ACQUIRE) & INFLIGHT_BACKING_COMPLETE);
+}
+void inflight_backing_set_complete(InflightTable *t, uint32_t slot);
+/* Copies from a previous worker's table (fd, borrowed) the backing ids
+ * of every connection of ours whose map was complete there, and marks
+ * them complete here. Returns how many connections, or -EBADMSG (not a
+ * table of this version), -errno. */
+int inflight_backing_inherit(InflightTable *t, int prev_fd);
 
 /* Reads a previous worker's table from fd (borrowed): the mount ids whose
  * count is not zero, in *ret_ids (owned by the caller). Returns how many,

@@ -67,6 +67,12 @@ int fuse_params_negotiate(const void *arg, size_t len, FuseParams *ret_params, s
         out.max_write = p.max_write;
         out.time_gran = p.time_gran;
         out.max_pages = (uint16_t) p.max_pages;
+        /* max_stack_depth (7.40; `unused[0]` in older headers): our backing
+         * files are plain files of the host, so 1. The mount then counts
+         * as one level of stacking: overlayfs over it still fits the
+         * kernel's limit of two. */
+        if (p.flags & FUSE_PASSTHROUGH)
+                out.unused[0] = 1;
         *ret_params = p;
         *ret_out = out;
         *ret_out_len = p.minor < 23 ? FUSE_COMPAT_22_INIT_OUT_SIZE : sizeof(out);

@@ -19,7 +19,7 @@
 /* What we ask for; the reply keeps those the kernel offered. */
 #define FUSE_PARAMS_WANTED_FLAGS                                                                       \
         ((uint64_t) FUSE_ASYNC_READ | FUSE_DO_READDIRPLUS | FUSE_CACHE_SYMLINKS | FUSE_PARALLEL_DIROPS | \
-         FUSE_MAX_PAGES | FUSE_INIT_EXT | FUSE_HAS_RESEND)
+         FUSE_MAX_PAGES | FUSE_INIT_EXT | FUSE_HAS_RESEND | FUSE_PASSTHROUGH)
 
 typedef struct FuseParams {
         uint32_t major, minor;

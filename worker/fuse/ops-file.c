@@ -6,11 +6,49 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "common/util/macro.h"
 #include "worker/fuse/ops.h"
 #include "worker/util/log.h"
+
+typedef struct Backing {
+        FuseSession *s;
+        int fd;
+} Backing;
+
+static int backing_register(void *userdata) {
+        Backing *b = userdata;
+        struct holdfast_fuse_backing_map map = { .fd = b->fd };
+        int id = ioctl(b->s->fd, FUSE_DEV_IOC_BACKING_OPEN, &map);
+        return id < 0 ? -errno : id;
+}
+
+/* FUSE passthrough for r's inode when the connection negotiated it, the
+ * file is whole in a local file (the chunk cache), and every backing id
+ * of the connection is known (inflight.h: never two ids for one inode). */
+static int passthrough_backing(FuseReq *r, uint32_t *ret_id) {
+        FuseSession *s = r->session;
+        const FuseLayerOps *ops = s->ops;
+        if (!(s->params.flags & FUSE_PASSTHROUGH) || !ops || !ops->file_fd || !s->layer_handle ||
+            !inflight_backing_complete(s->inflight, s->slot))
+                return -EOPNOTSUPP;
+        uint64_t ino = r->hdr->nodeid;
+        if (inflight_backing_get(s->inflight, s->id, (uint32_t) ino, ret_id) == 0)
+                return 0;
+        Backing b = { .s = s, .fd = -EBADF };
+        int ret = ops->file_fd(ops->userdata, s->layer_handle, ino, &b.fd);
+        if (ret < 0)
+                return ret;
+        ret = inflight_backing_get_or_register(s->inflight, s->id, (uint32_t) ino, backing_register, &b, ret_id);
+        /* the kernel holds the file now (or we do not use it) */
+        close(b.fd);
+        if (ret < 0 && ret != -ENOSPC)
+                log_warn_ratelimited(ret, "mount %" PRIu64 ": no passthrough for inode %" PRIu64 ": %m", s->id, ino);
+        return ret;
+}
 
 int op_open(FuseReq *r) {
         const struct fuse_open_in *in = r->arg;
@@ -23,6 +61,15 @@ int op_open(FuseReq *r) {
         /* The layer never changes: let the kernel keep its page cache
          * across opens. fh is unused: every read names its inode. */
         struct fuse_open_out out = { .open_flags = FOPEN_KEEP_CACHE };
+        uint32_t backing;
+        if (passthrough_backing(r, &backing) >= 0) {
+                /* Reads go to the cached file, never through us; its own
+                 * page cache serves them. The kernel refuses any flag but
+                 * DIRECT_IO, PARALLEL_DIRECT_WRITES and NOFLUSH beside
+                 * PASSTHROUGH (EIO at open), KEEP_CACHE included. */
+                out.open_flags = FOPEN_PASSTHROUGH;
+                out.padding = backing; /* backing_id in 7.40 headers */
+        }
         return fuse_reply(r, &out, sizeof(out));
 }
 

@@ -55,6 +55,8 @@ struct FuseServer {
 
 static void on_session_init(void *userdata, FuseSession *s) {
         FuseServer *srv = userdata;
+        /* we answered its INIT: no backing id of it predates us */
+        inflight_backing_set_complete(s->inflight, s->slot);
         if (srv->cfg.on_init)
                 srv->cfg.on_init(srv->cfg.userdata, s->id, &s->params);
 }
@@ -117,6 +119,10 @@ FuseServer *fuse_server_free(FuseServer *srv) {
         inflight_table_free(srv->inflight);
         free(srv);
         return NULL;
+}
+
+int fuse_server_inherit_backing(FuseServer *srv, int prev_fd) {
+        return srv->inflight ? inflight_backing_inherit(srv->inflight, prev_fd) : -ENOMEM;
 }
 
 int fuse_server_inflight_fd(FuseServer *srv) {

@@ -53,6 +53,10 @@ int fuse_server_start(FuseServer *srv);
  * (a RESEND wakes the waiters of its connection), then serves. Returns
  * once those RESENDs were written; *ret_resent: how many succeeded. */
 int fuse_server_start_takeover(FuseServer *srv, const uint64_t *ids, ssize_t n, size_t *ret_resent);
+/* Takes over the passthrough backing ids of the previous worker's table
+ * (prev_fd, borrowed) for the connections we serve (inflight.h). Returns
+ * how many connections may use passthrough, or -errno. */
+int fuse_server_inherit_backing(FuseServer *srv, int prev_fd);
 /* The in-flight table's memfd (inflight.h), for the supervisor to hand to
  * our successor; -EBADF when there is none. Borrowed. */
 int fuse_server_inflight_fd(FuseServer *srv);

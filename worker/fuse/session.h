@@ -28,6 +28,9 @@ typedef struct FuseLayerOps {
          * layer_read() on the Layer). handle is what open returned. */
         ssize_t (*read)(void *userdata, void *handle, ChunkDecoder *d, uint64_t ino, uint64_t off, size_t len,
                         void *buf, ErrMsg *err);
+        /* An O_RDONLY fd of a local file holding all of regular file ino,
+         * for passthrough (-ENODATA: none); optional. */
+        int (*file_fd)(void *userdata, void *handle, uint64_t ino, int *ret_fd);
         void *userdata;
 } FuseLayerOps;
 
