@@ -134,6 +134,18 @@ int worker_env_open(const char *root, MetaStore **store, LayerEnv **ret) {
         env->hosts_dir = getenv("HOLDFAST_HOSTS_DIR");
         if (getenv("HOLDFAST_NO_PREFETCH"))
                 env->prefetch = false;
+        const char *bg = getenv("HOLDFAST_BACKGROUND_FETCH");
+        if (bg && bg[0]) {
+                /* "1": on, no budget; else a budget in MB/s */
+                char *end;
+                unsigned long long mbps = strtoull(bg, &end, 10);
+                if (*end || end == bg)
+                        log_warn("HOLDFAST_BACKGROUND_FETCH=%s is not a number of MB/s; background fetch stays off", bg);
+                else if (mbps > 0) {
+                        env->background = true;
+                        env->background_bytes_per_s = mbps == 1 ? 0 : mbps * 1000000ull;
+                }
+        }
         *ret = env;
         return 0;
 }

@@ -28,7 +28,9 @@ MetaStore *worker_store_close(MetaStore *s);
  * or when it cannot be opened) and the registry client.
  * HOLDFAST_CACHE_MAX_BYTES caps the cache (default 20 GiB),
  * HOLDFAST_HOSTS_DIR replaces /etc/containerd/certs.d,
- * HOLDFAST_NO_PREFETCH turns the mount-time prefetch off. */
+ * HOLDFAST_NO_PREFETCH turns the mount-time prefetch off,
+ * HOLDFAST_BACKGROUND_FETCH=1 (no budget) or =MBPS fetches the rest of
+ * each new registry layer when the worker is idle. */
 int worker_env_open(const char *root, MetaStore **store, LayerEnv **ret);
 LayerEnv *worker_env_close(LayerEnv *env);
 

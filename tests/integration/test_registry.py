@@ -315,3 +315,20 @@ def test_cached_files_are_read_with_passthrough(sups, layer, image, proxy):  # n
         if got == layer.files[rel][0] or time.monotonic() > deadline:
             break
     assert got == layer.files[rel][0], "no passthrough after the takeover: %r" % (got,)
+
+
+def test_background_fetch_brings_the_whole_layer(sups, layer, image, proxy, monkeypatch):  # noqa: F811
+    """HOLDFAST_BACKGROUND_FETCH: after the mount, the whole layer arrives
+    in the cache without a read; reading every file then fetches nothing."""
+    monkeypatch.setenv("HOLDFAST_BACKGROUND_FETCH", "1")
+    s = sups.start(["--no-standby"])
+    proxy.stats(reset=True)
+    mp = s.mount(image.ref)
+    deadline = time.monotonic() + 60
+    while _range_bytes(proxy.stats()) < image.size * 0.9 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _range_bytes(proxy.stats()) >= image.size * 0.9, proxy.stats()["requests"]
+    time.sleep(0.5)
+    before = proxy.stats()["requests"].get("range_get", 0)
+    _check_all(mp, layer)
+    assert proxy.stats()["requests"].get("range_get", 0) == before

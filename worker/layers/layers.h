@@ -36,6 +36,8 @@ typedef struct LayerEnv {
         Cache *cache;            /* borrowed; NULL: chunks are not kept */
         const char *hosts_dir;   /* borrowed; NULL: /etc/containerd/certs.d */
         bool prefetch;           /* fetch the prefetch landmark's files at mount */
+        bool background;         /* then the rest of the layer, when idle */
+        uint64_t background_bytes_per_s; /* its budget; 0: none */
         pthread_mutex_t lock;
         FetchClient *fetch;      /* owned; made on the first registry layer; protected by lock */
 } LayerEnv;

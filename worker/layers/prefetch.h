@@ -5,9 +5,12 @@
  * the first reads hit the cache. Chunks already cached are skipped (a
  * restarted worker fetches only what the previous one had not). Reads
  * never wait for it: they fetch what they miss themselves.
- * .no.prefetch.landmark, or no landmark, prefetches nothing. */
+ * .no.prefetch.landmark, or no landmark, prefetches nothing. The
+ * background fetch (off by default) then fetches the rest of the layer
+ * when the worker is idle, within a bandwidth budget. */
 #pragma once
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -17,9 +20,10 @@
 typedef struct LayerSource LayerSource;
 typedef struct Prefetch Prefetch;
 
-/* Starts it for ls (which must have a cache). 0 with *ret NULL when
- * there is nothing to prefetch. */
-int prefetch_start(LayerSource *ls, Prefetch **ret);
+/* Starts it for ls (which must have a cache). With background, the rest
+ * of the layer follows, at most bytes_per_s (0: no limit). 0 with *ret
+ * NULL when there is nothing to fetch. */
+int prefetch_start(LayerSource *ls, bool background, uint64_t bytes_per_s, Prefetch **ret);
 /* Stops it between two requests, joins and frees (NULL-safe). */
 void prefetch_stop(Prefetch *p);
 

@@ -138,8 +138,8 @@ int layer_remote_open(const char *source, LayerEnv *env, bool stored_only, bool 
         }
         if (ls->cache)
                 (void) layer_source_sort_chunks(ls); /* without: no neighbours fetched along */
-        if (prefetch && env->prefetch && ls->cache)
-                (void) prefetch_start(ls, &ls->prefetch);
+        if (prefetch && (env->prefetch || env->background) && ls->cache)
+                (void) prefetch_start(ls, env->background, env->background_bytes_per_s, &ls->prefetch);
         *ret = ls;
         return 0;
 fail:
