@@ -152,6 +152,11 @@ out:
 
 /* ---- backing ids ---- */
 
+static int cmp_u64(const void *a, const void *b) {
+        uint64_t x = *(const uint64_t *) a, y = *(const uint64_t *) b;
+        return x < y ? -1 : x > y;
+}
+
 static uint64_t backing_key(uint64_t mount_id, uint32_t ino) {
         return mount_id << 32 | ino;
 }
@@ -191,8 +196,11 @@ static int backing_put_locked(InflightTable *t, uint64_t key, uint32_t id) {
         InflightBacking *e = backing_find(t->backing, key);
         if (!e)
                 return -ENOSPC;
+        bool fresh = __atomic_load_n(&e->key, __ATOMIC_RELAXED) == 0;
         e->id = id;
         __atomic_store_n(&e->key, key, __ATOMIC_RELEASE);
+        if (fresh)
+                __atomic_add_fetch(&t->hdr->backing_count, 1, __ATOMIC_RELEASE);
         return 0;
 }
 
@@ -247,33 +255,44 @@ int inflight_backing_inherit(InflightTable *t, int prev_fd) {
                 r = -EBADMSG;
                 goto out;
         }
-        /* our slots whose mount was complete in the old table */
+        /* Our slots whose mount was complete in the old table. This runs
+         * while the threads serve, on the same CPUs: keep it O(n log n). */
         uint32_t end = MIN(__atomic_load_n(&hdr->hiwater, __ATOMIC_ACQUIRE), INFLIGHT_SLOTS);
         uint32_t mine_end = MIN(__atomic_load_n(&t->hdr->hiwater, __ATOMIC_ACQUIRE), INFLIGHT_SLOTS);
+        bool any = __atomic_load_n(&hdr->backing_count, __ATOMIC_ACQUIRE) > 0;
+        uint64_t *complete = malloc(MAX(end, 1u) * sizeof(uint64_t));
         bool *take = calloc(MAX(mine_end, 1u), sizeof(bool));
-        if (!take) {
+        if (!take || !complete) {
+                free(complete);
+                free(take);
                 r = -ENOMEM;
                 goto out;
         }
+        size_t n_complete = 0;
+        for (uint32_t i = 0; i < end; i++) {
+                uint64_t id = __atomic_load_n(&old[i].mount_id, __ATOMIC_ACQUIRE);
+                if (id && (__atomic_load_n(&old[i].flags, __ATOMIC_ACQUIRE) & INFLIGHT_BACKING_COMPLETE))
+                        complete[n_complete++] = id;
+        }
+        qsort(complete, n_complete, sizeof(uint64_t), cmp_u64);
+        /* complete[] becomes the sorted ids we take */
+        size_t n_taken = 0;
         for (uint32_t j = 0; j < mine_end; j++) {
                 uint64_t id = __atomic_load_n(&t->slots[j].mount_id, __ATOMIC_ACQUIRE);
-                for (uint32_t i = 0; id && i < end; i++)
-                        if (__atomic_load_n(&old[i].mount_id, __ATOMIC_ACQUIRE) == id &&
-                            (__atomic_load_n(&old[i].flags, __ATOMIC_ACQUIRE) & INFLIGHT_BACKING_COMPLETE)) {
-                                take[j] = true;
-                                break;
-                        }
+                take[j] = id && bsearch(&id, complete, n_complete, sizeof(uint64_t), cmp_u64);
         }
+        for (uint32_t j = 0; j < mine_end; j++)
+                if (take[j])
+                        complete[n_taken++] = t->slots[j].mount_id;
+        qsort(complete, n_taken, sizeof(uint64_t), cmp_u64);
         pthread_mutex_lock(&t->lock);
-        for (uint32_t i = 0; i < INFLIGHT_BACKING_CAP && r >= 0; i++) {
+        for (uint32_t i = 0; any && i < INFLIGHT_BACKING_CAP && r >= 0; i++) {
                 uint64_t key = __atomic_load_n(&tab[i].key, __ATOMIC_ACQUIRE);
                 if (key == 0)
                         continue;
-                for (uint32_t j = 0; j < mine_end; j++)
-                        if (take[j] && t->slots[j].mount_id == key >> 32) {
-                                r = backing_put_locked(t, key, tab[i].id);
-                                break;
-                        }
+                uint64_t mount_id = key >> 32;
+                if (bsearch(&mount_id, complete, n_taken, sizeof(uint64_t), cmp_u64))
+                        r = backing_put_locked(t, key, tab[i].id);
         }
         pthread_mutex_unlock(&t->lock);
         for (uint32_t j = 0; r >= 0 && j < mine_end; j++)
@@ -281,6 +300,7 @@ int inflight_backing_inherit(InflightTable *t, int prev_fd) {
                         inflight_backing_set_complete(t, j);
                         r++;
                 }
+        free(complete);
         free(take);
 out:
         munmap((void *) map, INFLIGHT_SIZE);

@@ -71,7 +71,8 @@ typedef struct InflightHeader {
         uint32_t overflow;       /* atomic: a connection got no slot */
         uint32_t hiwater;        /* atomic: slots below it were ever claimed */
         uint32_t backing_cap;
-        uint8_t _pad[36];
+        uint32_t backing_count;  /* atomic: entries in use */
+        uint8_t _pad[32];
 } InflightHeader;
 
 typedef struct InflightTable {
