@@ -1,7 +1,7 @@
 /* The mount-time prefetch (prefetch.h). One thread per prefetching
  * layer, started by the open and joined by the close. It lists the chunks
  * whose compressed bytes end before the landmark and are not cached yet,
- * in blob order (LayerSource.blob_order), and fetches them in pieces of at most 16 MiB, checking
+ * in blob order (LayerSource.blob_order), and fetches them in pieces of at most 4 MiB, checking
  * between pieces whether it should stop. With the background fetch, it
  * goes on with the rest of the layer at SCHED_IDLE (only when the CPUs
  * have nothing else to do) within a bandwidth budget. Never logs: what
@@ -20,7 +20,7 @@
 #include "worker/cache/cache.h"
 #include "worker/layers/layers.h"
 
-#define PIECE (16u << 20)
+#define PIECE (4u << 20)
 
 struct Prefetch {
         LayerSource *ls;         /* borrowed; outlives us */
