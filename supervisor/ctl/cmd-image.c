@@ -11,6 +11,7 @@
 #include <stdarg.h>
 #include <stdbool.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -77,11 +78,33 @@ static void unmount_layers(const char *dir, size_t n) {
         (void) rmdir(dir);
 }
 
+typedef struct LayerJob {
+        char source[1024];
+        char mp[PATH_MAX + 32];
+        char msg[PATH_MAX + 600];
+        pthread_t thread;
+        bool started;
+        int r;
+} LayerJob;
+
+static void *layer_job(void *userdata) {
+        LayerJob *j = userdata;
+        if (mkdir(j->mp, 0700) < 0) {
+                j->r = -errno;
+                snprintf(j->msg, sizeof(j->msg), "%.*s: %s", PATH_MAX, j->mp, strerror(errno));
+                return NULL;
+        }
+        j->r = ctl_request(holdfast_CtlRequest_Op_MOUNT, j->source, j->mp, j->msg, sizeof(j->msg));
+        if (j->r < 0)
+                (void) rmdir(j->mp);
+        return NULL;
+}
+
 static int image_mount(const char *ref, const char *platform, const char *target) {
         FetchClient *fc = NULL;
         FetchImage *img = NULL;
         ErrMsg err = {};
-        char dir[PATH_MAX], msg[512];
+        char dir[PATH_MAX];
         size_t mounted = 0;
         int ret = CTL_EXIT_FAILURE;
         StrBuf opts = {};
@@ -123,29 +146,43 @@ static int image_mount(const char *ref, const char *platform, const char *target
                           strerror(errno), ref);
                 goto out;
         }
+        /* every layer at once: each costs the supervisor a mount and the
+         * worker a round trip or two to the registry */
+        progress("mounting %zu layer%s lazily", img->n_layers, img->n_layers == 1 ? "" : "s");
+        LayerJob *jobs = calloc(img->n_layers, sizeof(*jobs));
+        if (!jobs) {
+                ctl_error("image mount: out of memory");
+                goto undo;
+        }
         for (size_t i = 0; i < img->n_layers; i++) {
                 const FetchDescriptor *l = &img->layers[i];
                 const char *toc = fetch_layer_toc_digest(l);
-                char source[1024], mp[PATH_MAX + 32];
-                snprintf(source, sizeof(source), "%s@%s%s%s", img->host_repo, l->digest, toc ? "#toc=" : "",
-                         toc ? toc : "");
-                snprintf(mp, sizeof(mp), "%s/%zu", dir, i);
-                if (mkdir(mp, 0700) < 0) {
-                        ctl_error("image mount: %s: %s", mp, strerror(errno));
-                        goto undo;
-                }
-                progress("layer %zu/%zu: %s (%" PRIu64 " bytes, lazily)", i + 1, img->n_layers, l->digest, l->size);
-                r = ctl_request(holdfast_CtlRequest_Op_MOUNT, source, mp, msg, sizeof(msg));
-                if (r < 0) {
+                LayerJob *j = &jobs[i];
+                snprintf(j->source, sizeof(j->source), "%s@%s#size=%" PRIu64 "%s%s", img->host_repo, l->digest,
+                         l->size, toc ? "&toc=" : "", toc ? toc : "");
+                snprintf(j->mp, sizeof(j->mp), "%s/%zu", dir, i);
+                j->started = pthread_create(&j->thread, NULL, layer_job, j) == 0;
+                if (!j->started)
+                        layer_job(j);
+        }
+        bool failed = false;
+        for (size_t i = 0; i < img->n_layers; i++) {
+                LayerJob *j = &jobs[i];
+                if (j->started)
+                        pthread_join(j->thread, NULL);
+                if (j->r < 0 && !failed) {
                         progress("%s", "");
-                        (void) rmdir(mp);
-                        ctl_error("image mount: layer %zu (%s): %s%s", i + 1, l->digest, msg,
+                        const char *toc = fetch_layer_toc_digest(&img->layers[i]);
+                        ctl_error("image mount: layer %zu (%s): %s%s", i + 1, img->layers[i].digest, j->msg,
                                   toc ? "" : " (no TOC digest annotation: is the image eStargz? convert it with "
                                              "'ctr-remote image convert --estargz' or 'holdfastctl convert')");
-                        goto undo;
                 }
-                mounted++;
+                failed |= j->r < 0;
         }
+        free(jobs);
+        mounted = img->n_layers;
+        if (failed)
+                goto undo;
         /* overlayfs: the last layer of the manifest is the top one */
         r = strbuf_printf(&opts, "lowerdir=");
         for (size_t i = img->n_layers; r >= 0 && i > 0; i--)

@@ -5,8 +5,10 @@
  *     record in the store is keyed by the file ("layer/" realpath ":" size
  *     ":" mtime_ns ":" inode); or
  *   - a registry layer, "HOST/REPO@sha256:HEX", optionally followed by
- *     "#toc=sha256:HEX" (the containerd.io/snapshot/stargz/toc.digest
- *     annotation, checked before the TOC is parsed). It is read lazily
+ *     '#' and, joined by '&', "toc=sha256:HEX" (the
+ *     containerd.io/snapshot/stargz/toc.digest annotation, checked before
+ *     the TOC is parsed) and "size=N" (the blob's size in the manifest,
+ *     which saves a HEAD request). It is read lazily
  *     with HTTP range requests (worker/fetch/), each chunk decoded,
  *     verified and kept in the chunk cache (worker/cache/) so that it is
  *     fetched once; its record is keyed by the blob digest ("blob:sha256:
@@ -53,11 +55,16 @@ typedef struct LayerSource {
         Prefetch *prefetch;      /* owned; the mount-time prefetch, or NULL */
         uint32_t *blob_order;    /* owned; chunk ids by blob offset (with a cache), or NULL */
         uint32_t *blob_pos;      /* owned; the inverse: a chunk's place in blob_order */
+        uint64_t ra_end;         /* atomic: where the last fetch of a miss ended in the blob */
+        uint64_t ra_span;        /* atomic: the neighbours' span it used */
         pthread_mutex_t fetch_lock;
         pthread_cond_t fetch_cond;   /* a fetch ended */
         uint8_t *fetching;       /* owned; per chunk: a thread fetches it now (with a
                                   * cache; else NULL); protected by fetch_lock */
         bool from_store;         /* the index came from the store */
+        uint8_t *tail;           /* owned; the blob's end, only while opening */
+        uint64_t tail_off;
+        size_t tail_len;
 } LayerSource;
 
 /* Returns 0, -EINVAL (neither an absolute path nor a layer reference), or

@@ -27,10 +27,12 @@
 #define READAHEAD (1u << 20)
 /* One range request fetches at most this many compressed bytes. */
 #define RUN_MAX (16u << 20)
-/* A miss brings along the chunks that follow it in the blob, up to this
- * many bytes from its start and this many chunks. */
-#define NEIGHBOURS_SPAN (512u << 10)
-#define NEIGHBOURS_MAX 256
+/* A miss brings along the chunks that follow it in the blob: from
+ * NEIGHBOURS_MIN bytes, doubling up to NEIGHBOURS_MAX_SPAN for a reader
+ * that walks the blob, and at most NEIGHBOURS_MAX chunks. */
+#define NEIGHBOURS_MIN (128u << 10)
+#define NEIGHBOURS_MAX_SPAN (8u << 20)
+#define NEIGHBOURS_MAX 1024
 
 /* Claims ids[0..n) for fetching, as far as no other thread fetches them
  * already: returns how many (a prefix), or 0 after waiting for the
@@ -122,22 +124,35 @@ static size_t span_len(const Index *idx, const uint32_t *ids, size_t n) {
 }
 
 /* The chunks that follow ids[n - 1] in the blob, back to back and not
- * cached, appended (up to cap ids, NEIGHBOURS_SPAN bytes of blob in all):
- * files next to each other in a layer are mostly read together (a
- * directory's files, a package's modules), so one request brings the
- * neighbours of a small file along. Returns the new count. */
+ * cached, appended (up to cap ids and the layer's readahead span of
+ * blob in all): files next to each other in a layer are mostly read
+ * together (a directory's files, a package's modules), so one request
+ * brings the neighbours of a small file along. The span starts small
+ * (a random reader, like an interpreter importing modules, pays little
+ * for it) and doubles while each miss starts where the last fetch ended
+ * (a reader walking the layer, like a copy, then streams it in large
+ * requests), as the kernel's readahead does. Returns the new count. */
 static size_t add_neighbours(LayerSource *ls, uint32_t *ids, size_t n, size_t cap) {
         const Index *idx = ls->layer->index;
         if (!ls->blob_order)
                 return n;
         uint64_t start = idx->chunks[ids[0]].blob_offset;
+        uint64_t last = __atomic_load_n(&ls->ra_end, __ATOMIC_RELAXED);
+        uint64_t span = __atomic_load_n(&ls->ra_span, __ATOMIC_RELAXED);
+        if (last && start >= last && start - last <= NEIGHBOURS_MIN)
+                span = MIN(span * 2, (uint64_t) NEIGHBOURS_MAX_SPAN);
+        else
+                span = NEIGHBOURS_MIN;
         for (size_t p = ls->blob_pos[ids[n - 1]] + 1; n < cap && p < idx->n_chunks; p++) {
                 const IndexChunk *prev = &idx->chunks[ids[n - 1]], *c = &idx->chunks[ls->blob_order[p]];
-                if (c->blob_offset != prev->blob_end || c->blob_end - start > NEIGHBOURS_SPAN ||
+                if (c->blob_offset != prev->blob_end || c->blob_end - start > span ||
                     cache_layer_chunk_present(ls->cache, ls->blob_order[p]))
                         break;
                 ids[n++] = ls->blob_order[p];
         }
+        /* racy between threads by design: a hint, not a contract */
+        __atomic_store_n(&ls->ra_span, span, __ATOMIC_RELAXED);
+        __atomic_store_n(&ls->ra_end, idx->chunks[ids[n - 1]].blob_end, __ATOMIC_RELAXED);
         return n;
 }
 

@@ -1,4 +1,4 @@
-/* Registry layers (layers.h): "HOST/REPO@sha256:HEX[#toc=sha256:HEX]"
+/* Registry layers (layers.h): "HOST/REPO@sha256:HEX[#toc=sha256:HEX][&size=N]"
  * opened through worker/fetch/, with the record keyed by the blob digest
  * and the chunks kept in worker/cache/. Any thread; never logs.
  *
@@ -19,7 +19,6 @@
 #include "worker/layers/prefetch.h"
 #include "worker/layers/record.h"
 
-#define TOC_SUFFIX "#toc="
 
 void layer_env_init(LayerEnv *env, MetaStore **store, Cache *cache) {
         *env = (LayerEnv) { .store = store, .cache = cache, .prefetch = true };
@@ -49,21 +48,38 @@ bool layer_source_is_remote(const char *source) {
 
 static ssize_t remote_read_at(void *userdata, void *buf, size_t len, uint64_t off) {
         LayerSource *ls = userdata;
+        /* the tail is there only while the layer is being opened (one thread) */
+        if (ls->tail && off >= ls->tail_off && off - ls->tail_off + len <= ls->tail_len) {
+                memcpy(buf, ls->tail + (off - ls->tail_off), len);
+                return (ssize_t) len;
+        }
         return ls->blob ? fetch_blob_read_at(ls->blob, buf, len, off) : -EIO;
 }
 
-/* Splits source into the layer reference (owned) and the expected TOC
- * digest, if any. */
+/* Splits source into the layer reference (owned) and what follows '#':
+ * "toc=sha256:HEX" (the TOC digest to expect) and "size=N" (the blob's
+ * size from the manifest: no HEAD), joined by '&'. */
 static int parse_source(const char *source, char **ret_ref, uint8_t toc[SHA256_LEN], bool *ret_has_toc,
-                        uint8_t blob_digest[SHA256_LEN], ErrMsg *err) {
-        const char *hash = strstr(source, TOC_SUFFIX);
+                        uint64_t *ret_size, uint8_t blob_digest[SHA256_LEN], ErrMsg *err) {
+        const char *hash = strchr(source, '#');
         size_t ref_len = hash ? (size_t) (hash - source) : strlen(source);
         *ret_has_toc = false;
-        if (hash) {
-                const char *t = hash + strlen(TOC_SUFFIX);
-                if (digest_parse(t, strlen(t), toc) < 0)
-                        return errmsg_set(err, -EINVAL, "layer %s: the TOC digest is not sha256:<64 hex>", source);
-                *ret_has_toc = true;
+        *ret_size = 0;
+        for (const char *p = hash ? hash + 1 : NULL; p && *p;) {
+                const char *amp = strchr(p, '&');
+                size_t n = amp ? (size_t) (amp - p) : strlen(p);
+                if (n > 4 && strncmp(p, "toc=", 4) == 0 && digest_parse(p + 4, n - 4, toc) >= 0)
+                        *ret_has_toc = true;
+                else if (n > 5 && strncmp(p, "size=", 5) == 0 && p[5] != '-') {
+                        char *end;
+                        errno = 0;
+                        *ret_size = strtoull(p + 5, &end, 10);
+                        if (errno || end != p + n || *ret_size == 0)
+                                return errmsg_set(err, -EINVAL, "layer %s: size= is not a number of bytes", source);
+                } else
+                        return errmsg_set(err, -EINVAL, "layer %s: after '#', expected toc=sha256:<64 hex> or "
+                                          "size=BYTES, joined by '&'", source);
+                p = amp ? amp + 1 : NULL;
         }
         const char *at = memmem(source, ref_len, "@sha256:", 8);
         const char *d = at ? at + 1 : source;
@@ -74,12 +90,34 @@ static int parse_source(const char *source, char **ret_ref, uint8_t toc[SHA256_L
         return *ret_ref ? 0 : -ENOMEM;
 }
 
+/* The blob's last bytes, read in one request before the footer and the
+ * TOC are (they are at the end of the blob): one round trip instead of
+ * two for every layer whose TOC is smaller than this. */
+#define TAIL_READ (512u << 10)
+
+static int read_tail(LayerSource *ls, ErrMsg *err) {
+        uint64_t size = fetch_blob_size(ls->blob);
+        size_t n = (size_t) MIN(size, (uint64_t) TAIL_READ);
+        ls->tail = malloc(MAX(n, (size_t) 1));
+        if (!ls->tail)
+                return -ENOMEM;
+        ssize_t got = fetch_blob_read(ls->blob, ls->tail, n, size - n, err);
+        if (got < 0 || (size_t) got != n) {
+                free(TAKE_PTR(ls->tail));
+                return got < 0 ? (int) got : -EIO;
+        }
+        ls->tail_off = size - n;
+        ls->tail_len = n;
+        return 0;
+}
+
 int layer_remote_open(const char *source, LayerEnv *env, bool stored_only, bool prefetch, LayerSource **ret,
                       ErrMsg *err) {
         _cleanup_free_ char *ref = NULL;
         uint8_t toc[SHA256_LEN], blob_digest[SHA256_LEN];
         bool has_toc;
-        int r = parse_source(source, &ref, toc, &has_toc, blob_digest, err);
+        uint64_t size;
+        int r = parse_source(source, &ref, toc, &has_toc, &size, blob_digest, err);
         if (r < 0)
                 return r;
         char dstr[DIGEST_STRING_LEN + 1], key[DIGEST_STRING_LEN + 16];
@@ -116,11 +154,15 @@ int layer_remote_open(const char *source, LayerEnv *env, bool stored_only, bool 
                         r = -ENOENT;
                         goto fail;
                 }
-                r = fetch_blob_open_ref(fc, ref, NULL, &ls->blob, err);
+                FetchBlobOptions o = { .expect_size = size, .known_size = size > 0 };
+                r = fetch_blob_open_ref(fc, ref, &o, &ls->blob, err);
+                if (r >= 0)
+                        r = read_tail(ls, err);
                 if (r < 0)
                         goto fail;
                 LayerOptions lo = { .expect_toc_digest = has_toc ? toc : NULL };
                 r = layer_open(remote_read_at, ls, fetch_blob_size(ls->blob), &lo, &ls->layer, err);
+                free(TAKE_PTR(ls->tail));
                 if (r < 0) {
                         errmsg_prefix(err, r, "%s", ref);
                         goto fail;

@@ -29,6 +29,7 @@ LayerSource *layer_source_close(LayerSource *ls) {
         cache_layer_close(ls->cache);
         layer_free(ls->layer);
         fetch_blob_free(ls->blob);
+        free(ls->tail);
         free(ls->blob_order);
         free(ls->blob_pos);
         if (ls->fetching) {
