@@ -61,6 +61,9 @@ typedef struct LayerSource {
         pthread_cond_t fetch_cond;   /* a fetch ended */
         uint8_t *fetching;       /* owned; per chunk: a thread fetches it now (with a
                                   * cache; else NULL); protected by fetch_lock */
+        pthread_t ra_thread;     /* the asynchronous readahead (read.c) */
+        bool ra_started, ra_stop; /* protected by fetch_lock */
+        uint64_t ra_from, ra_want; /* protected by fetch_lock: the next span asked for */
         bool from_store;         /* the index came from the store */
         uint8_t *tail;           /* owned; the blob's end, only while opening */
         uint64_t tail_off;
@@ -83,6 +86,10 @@ LayerSource *layer_source_close(LayerSource *ls);
  * Returns as layer_read(). d is the calling thread's decoder. */
 ssize_t layer_source_read(LayerSource *ls, ChunkDecoder *d, uint64_t ino, uint64_t off, size_t len, void *buf,
                           ErrMsg *err);
+
+/* Stops and joins the asynchronous readahead (before anything it reads
+ * from goes away). */
+void layer_source_readahead_stop(LayerSource *ls);
 
 /* Sorts the chunks by blob offset (blob_order, blob_pos), so that a miss
  * can bring along its neighbours in the blob, and sets up `fetching`, so

@@ -205,11 +205,106 @@ int layer_fetch_chunks(LayerSource *ls, ChunkDecoder *d, const uint32_t *ids, si
         return 0;
 }
 
+/* ---- asynchronous readahead ----
+ * A reader that walks the blob (the neighbours' span has grown past
+ * READAHEAD_ASYNC) and reads into the second half of what the last fetch
+ * brought gets the next span fetched by a thread of the layer's own
+ * while it reads this one, so that a copy of the layer streams instead
+ * of stopping at every span. */
+#define READAHEAD_ASYNC (1u << 20)
+
+static void *readahead_main(void *userdata) {
+        LayerSource *ls = userdata;
+        ChunkDecoder *d = NULL;
+        if (chunk_decoder_new(&d) < 0)
+                return NULL;
+        const Index *idx = ls->layer->index;
+        uint32_t *ids = malloc(NEIGHBOURS_MAX * sizeof(*ids));
+        pthread_mutex_lock(&ls->fetch_lock);
+        while (ids && !ls->ra_stop) {
+                if (!ls->ra_want) {
+                        pthread_cond_wait(&ls->fetch_cond, &ls->fetch_lock);
+                        continue;
+                }
+                uint64_t from = ls->ra_from, span = ls->ra_want;
+                ls->ra_want = 0;
+                pthread_mutex_unlock(&ls->fetch_lock);
+                /* the missing chunks from `from` on, back to back, within span */
+                size_t n = 0, lo = 0, hi = idx->n_chunks;
+                uint64_t start = 0, prev_end = 0;
+                while (lo < hi) { /* the first chunk at or after `from` */
+                        size_t mid = lo + (hi - lo) / 2;
+                        if (idx->chunks[ls->blob_order[mid]].blob_offset < from)
+                                lo = mid + 1;
+                        else
+                                hi = mid;
+                }
+                for (size_t p = lo; p < idx->n_chunks && n < NEIGHBOURS_MAX; p++) {
+                        const IndexChunk *c = &idx->chunks[ls->blob_order[p]];
+                        if (n == 0)
+                                start = c->blob_offset;
+                        else if (c->blob_offset != prev_end)
+                                break;
+                        if (c->blob_end - start > span || cache_layer_chunk_present(ls->cache, ls->blob_order[p]))
+                                break;
+                        ids[n++] = ls->blob_order[p];
+                        prev_end = c->blob_end;
+                }
+                if (n > 0) {
+                        __atomic_store_n(&ls->ra_end, prev_end, __ATOMIC_RELAXED);
+                        ErrMsg ignored = {};
+                        (void) layer_fetch_chunks(ls, d, ids, n, &ignored);
+                }
+                pthread_mutex_lock(&ls->fetch_lock);
+        }
+        pthread_mutex_unlock(&ls->fetch_lock);
+        free(ids);
+        chunk_decoder_free(d);
+        return NULL;
+}
+
+static void readahead_maybe(LayerSource *ls, uint64_t ino, uint64_t last_byte) {
+        uint64_t span = __atomic_load_n(&ls->ra_span, __ATOMIC_RELAXED);
+        uint64_t end = __atomic_load_n(&ls->ra_end, __ATOMIC_RELAXED);
+        if (!ls->fetching || span < READAHEAD_ASYNC || end == 0)
+                return;
+        int64_t ci = index_chunk_find(ls->layer->index, ino, last_byte);
+        if (ci < 0)
+                return;
+        uint64_t at = ls->layer->index->chunks[ci].blob_end;
+        if (at > end || end - at > span / 2)
+                return;
+        pthread_mutex_lock(&ls->fetch_lock);
+        if (!ls->ra_started && !ls->ra_stop)
+                ls->ra_started = pthread_create(&ls->ra_thread, NULL, readahead_main, ls) == 0;
+        if (ls->ra_started && ls->ra_from != end) {
+                ls->ra_from = end;
+                ls->ra_want = MIN(span * 2, (uint64_t) NEIGHBOURS_MAX_SPAN);
+                __atomic_store_n(&ls->ra_span, ls->ra_want, __ATOMIC_RELAXED);
+                pthread_cond_broadcast(&ls->fetch_cond);
+        }
+        pthread_mutex_unlock(&ls->fetch_lock);
+}
+
+void layer_source_readahead_stop(LayerSource *ls) {
+        if (!ls->fetching)
+                return;
+        pthread_mutex_lock(&ls->fetch_lock);
+        ls->ra_stop = true;
+        bool started = ls->ra_started;
+        pthread_cond_broadcast(&ls->fetch_cond);
+        pthread_mutex_unlock(&ls->fetch_lock);
+        if (started)
+                pthread_join(ls->ra_thread, NULL);
+}
+
 ssize_t layer_source_read(LayerSource *ls, ChunkDecoder *d, uint64_t ino, uint64_t off, size_t len, void *buf,
                           ErrMsg *err) {
         if (!ls->cache)
                 return layer_read(ls->layer, d, ino, off, len, buf, err);
         ssize_t n = cache_layer_read(ls->cache, ino, off, len, buf);
+        if (n > 0)
+                readahead_maybe(ls, ino, off + (uint64_t) n - 1);
         if (n != -ENODATA)
                 return n >= 0 ? n : layer_read(ls->layer, d, ino, off, len, buf, err);
         const IndexInode *in = index_inode(ls->layer->index, ino);
@@ -253,5 +348,7 @@ ssize_t layer_source_read(LayerSource *ls, ChunkDecoder *d, uint64_t ino, uint64
         if (n == -ENODATA)
                 /* not kept (disk full): decode it again, straight from the blob */
                 return layer_read(ls->layer, d, ino, off, len, buf, err);
+        if (n > 0)
+                readahead_maybe(ls, ino, off + (uint64_t) n - 1);
         return n;
 }

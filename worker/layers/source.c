@@ -24,8 +24,10 @@
 LayerSource *layer_source_close(LayerSource *ls) {
         if (!ls)
                 return NULL;
-        /* the prefetch reads through everything below: it goes first */
+        /* the prefetch and the readahead read through everything below:
+         * they go first */
         prefetch_stop(ls->prefetch);
+        layer_source_readahead_stop(ls);
         cache_layer_close(ls->cache);
         layer_free(ls->layer);
         fetch_blob_free(ls->blob);
