@@ -1,15 +1,13 @@
 /* The control socket ROOT/supervisor.sock: SOCK_SEQPACKET, one Envelope
  * per datagram, root only. Each connection carries one request at a time;
  * a request the supervisor cannot answer at once (MOUNT, UPGRADE, ...)
- * keeps its CtlConn until ctl_conn_reply(). Requests are untrusted: this
+ * keeps its CtlConn until it is answered. Requests are untrusted: this
  * file only decodes and hands over CtlRequests; supervisor.c validates
  * them. Runs on the supervisor's loop. */
 #pragma once
 
-#include <stdbool.h>
-#include "supervisor/uv-base.h"
-
 #include "holdfast.pb.h"
+#include "supervisor/base.h"
 
 typedef struct Supervisor Supervisor;
 typedef struct CtlServer CtlServer;
@@ -19,8 +17,7 @@ typedef struct CtlServer CtlServer;
 typedef struct CtlConn {
         CtlServer *srv;
         int fd;                   /* owned */
-        uv_poll_t poll;
-        bool busy;                /* a request is being answered */
+        uv_poll_t poll;           /* stopped while a request is answered */
         bool closing;
         struct CtlConn *next;
 } CtlConn;
@@ -42,8 +39,8 @@ void ctl_server_stop(CtlServer *srv);
 /* Adopts a connection whose request is pending across a re-exec. */
 int ctl_server_adopt_conn(CtlServer *srv, int take_fd, CtlConn **ret);
 
-int ctl_conn_send_info(CtlConn *c, const holdfast_MountInfo *mi);
 /* Sends the reply and reads the next request (or closes on failure). */
 void ctl_conn_reply(CtlConn *c, const holdfast_CtlReply *reply);
-void ctl_conn_reply_error(CtlConn *c, int error, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* The same with only an error (0: success) and a message. */
+void ctl_conn_replyf(CtlConn *c, int error, const char *fmt, ...) _printf_(3, 4);
 void ctl_conn_close(CtlConn *c);

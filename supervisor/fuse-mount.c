@@ -5,18 +5,11 @@
 #include "supervisor/fuse-mount.h"
 
 #include <dirent.h>
-#include <errno.h>
-#include <fcntl.h>
-#include <limits.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
-#include <unistd.h>
 
-#include "common/util/macro.h"
+#include "supervisor/base.h"
 
 #define FUSE_SUPER_MAGIC 0x65735546
 
@@ -25,77 +18,59 @@ static int check_absolute(const char *what, const char *p, ErrMsg *err) {
                 return errmsg_set(err, -EINVAL, "%s is empty", what);
         if (p[0] != '/')
                 return errmsg_set(err, -EINVAL, "%s '%s' is not an absolute path", what, p);
-        if (strlen(p) >= PATH_MAX)
-                return errmsg_set(err, -ENAMETOOLONG, "%s is too long", what);
+        return 0;
+}
+
+/* The last step of a check: the canonical path. */
+static int canonical(const char *what, const char *p, char **ret, ErrMsg *err) {
+        char *c = realpath(p, NULL);
+        if (!c)
+                return errmsg_set(err, -errno, "%s %s: %s", what, p, strerror(errno));
+        *ret = c;
         return 0;
 }
 
 static int check_source(const char *source, char **ret, ErrMsg *err) {
         /* O_NONBLOCK: opening a FIFO must not hang the loop. */
         _cleanup_close_ int fd = open(source, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
-        if (fd < 0)
-                return errmsg_set(err, -errno, "source %s: %s", source, strerror(errno));
         struct stat st;
-        if (fstat(fd, &st) < 0)
+        if (fd < 0 || fstat(fd, &st) < 0)
                 return errmsg_set(err, -errno, "source %s: %s", source, strerror(errno));
         if (!S_ISREG(st.st_mode))
                 return errmsg_set(err, -EINVAL, "source %s is not a regular file", source);
         char b;
         if (pread(fd, &b, 1, 0) < 0)
                 return errmsg_set(err, -errno, "source %s is not readable: %s", source, strerror(errno));
-        char *c = realpath(source, NULL);
-        if (!c)
-                return errmsg_set(err, -errno, "source %s: %s", source, strerror(errno));
-        *ret = c;
-        return 0;
+        return canonical("source", source, ret, err);
 }
 
 static int check_mountpoint(const char *mountpoint, char **ret, ErrMsg *err) {
-        int fd = open(mountpoint, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NONBLOCK);
-        if (fd < 0)
-                return errmsg_set(err, -errno, "mountpoint %s: %s", mountpoint, strerror(errno));
+        _cleanup_close_ int fd = open(mountpoint, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NONBLOCK);
         struct statfs sfs;
-        if (fstatfs(fd, &sfs) < 0) {
-                int r = -errno;
-                close(fd);
-                return errmsg_set(err, r, "mountpoint %s: %s", mountpoint, strerror(-r));
-        }
-        if (sfs.f_type == FUSE_SUPER_MAGIC) {
-                close(fd);
+        if (fd < 0 || fstatfs(fd, &sfs) < 0)
+                return errmsg_set(err, -errno, "mountpoint %s: %s", mountpoint, strerror(errno));
+        if (sfs.f_type == FUSE_SUPER_MAGIC)
                 return errmsg_set(err, -EBUSY, "mountpoint %s is already a FUSE mount", mountpoint);
-        }
         DIR *d = fdopendir(fd);
-        if (!d) {
-                int r = -errno;
-                close(fd);
-                return errmsg_set(err, r, "mountpoint %s: %s", mountpoint, strerror(-r));
-        }
+        if (!d)
+                return errmsg_set(err, -errno, "mountpoint %s: %s", mountpoint, strerror(errno));
+        fd = -EBADF; /* d owns it */
         struct dirent *de;
         int r = 0;
         errno = 0;
-        while ((de = readdir(d)))
-                if (strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0) {
+        while (r == 0 && (de = readdir(d)))
+                if (strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0)
                         r = errmsg_set(err, -ENOTEMPTY, "mountpoint %s is not empty", mountpoint);
-                        break;
-                }
         if (r == 0 && errno != 0)
                 r = errmsg_set(err, -errno, "mountpoint %s: %s", mountpoint, strerror(errno));
         closedir(d);
-        if (r < 0)
-                return r;
-        char *c = realpath(mountpoint, NULL);
-        if (!c)
-                return errmsg_set(err, -errno, "mountpoint %s: %s", mountpoint, strerror(errno));
-        *ret = c;
-        return 0;
+        return r < 0 ? r : canonical("mountpoint", mountpoint, ret, err);
 }
 
 /* A registry layer ("HOST/REPO@sha256:HEX[#toc=sha256:HEX]"): only its
  * shape is checked here; the worker parses it, and refuses it with a
  * message if it cannot be had. */
 static int check_reference(const char *source, char **ret, ErrMsg *err) {
-        if (strlen(source) >= PATH_MAX)
-                return errmsg_set(err, -ENAMETOOLONG, "source is too long");
         for (const char *p = source; *p; p++)
                 if (*p <= ' ' || *p == 0x7f)
                         return errmsg_set(err, -EINVAL, "source '%s' has a space or a control character", source);
@@ -126,8 +101,7 @@ int fuse_mount_new(const char *source, const char *mountpoint, char **ret_source
         if (fd < 0)
                 return errmsg_set(err, -errno, "cannot open /dev/fuse: %s", strerror(errno));
         char opts[128];
-        snprintf(opts, sizeof(opts), "fd=%d,rootmode=40000,user_id=0,group_id=0,allow_other,default_permissions",
-                 fd);
+        snprintf(opts, sizeof(opts), "fd=%d,rootmode=40000,user_id=0,group_id=0,allow_other,default_permissions", fd);
         if (mount("holdfast", mp, "fuse.holdfast", MS_RDONLY | MS_NOSUID | MS_NODEV, opts) < 0)
                 return errmsg_set(err, -errno, "mount %s: %s", mp, strerror(errno));
         *ret_source = TAKE_PTR(src);
@@ -137,15 +111,7 @@ int fuse_mount_new(const char *source, const char *mountpoint, char **ret_source
 }
 
 int fuse_mount_detach(const char *mountpoint) {
-        if (umount2(mountpoint, MNT_DETACH | UMOUNT_NOFOLLOW) < 0) {
-                if (errno == EINVAL || errno == ENOENT)
-                        return 0;
+        if (umount2(mountpoint, MNT_DETACH | UMOUNT_NOFOLLOW) < 0 && errno != EINVAL && errno != ENOENT)
                 return -errno;
-        }
         return 0;
-}
-
-char *fuse_mount_canonical(const char *path) {
-        char *c = realpath(path, NULL);
-        return c ? c : strdup(path);
 }

@@ -16,7 +16,3 @@ int fuse_mount_new(const char *source, const char *mountpoint, char **ret_source
 /* umount2(MNT_DETACH). A mountpoint that is no longer mounted (someone
  * else unmounted it) is not an error. */
 int fuse_mount_detach(const char *mountpoint);
-
-/* Canonical form of a path given to UMOUNT, falling back to the path as
- * given when the mount is dead and cannot be resolved. malloc'd. */
-char *fuse_mount_canonical(const char *path);

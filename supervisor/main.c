@@ -3,85 +3,50 @@
  * loop (no threads). See docs/design.md, "Serving: supervisor, worker,
  * takeover". */
 #include "supervisor/supervisor.h"
-#include <errno.h>
+
 #include <getopt.h>
-#include <inttypes.h>
 #include <limits.h>
 #include <signal.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 #include <sys/stat.h>
-#include <unistd.h>
-
-#include "common/util/macro.h"
-#include "supervisor/log.h"
-#include "supervisor/sd.h"
 
 #define DEFAULT_ROOT "/var/lib/holdfast"
 #define WORKER_NAME "holdfast-worker"
 
-static void help(FILE *f) {
-        fprintf(f,
+static const char help[] =
 "Usage: holdfast-supervisor [OPTIONS]\n"
+"Keeps holdfast's FUSE mounts, served by " WORKER_NAME ", alive across its crashes\n"
+"and upgrades. Controlled with holdfastctl through ROOT/supervisor.sock.\n"
 "\n"
-"Keeps holdfast's FUSE mounts alive: mounts them, holds their /dev/fuse\n"
-"connections, runs holdfast-worker to serve them and replaces it when it\n"
-"dies or is upgraded, without the mounts noticing more than a stall.\n"
-"Controlled with holdfastctl through ROOT/supervisor.sock (root only).\n"
-"\n"
-"Options:\n"
-"  --root DIR                 state directory (default " DEFAULT_ROOT ",\n"
-"                             created 0700)\n"
-"  --worker PATH              the worker binary (default: " WORKER_NAME " next\n"
-"                             to this binary, else the first in $PATH)\n"
-"  --restart-limit N/SECONDS  stop respawning a worker that died N times\n"
-"                             within SECONDS (default 10/60; 0 never stops);\n"
-"                             mounts are kept, 'holdfastctl restart' retries\n"
-"  --restart-delay-max MS     longest wait between respawns (default 5000);\n"
-"                             a worker that served for a second or more is\n"
-"                             replaced at once; quicker deaths wait 100 ms,\n"
-"                             doubling\n"
-"  --no-standby               do not keep a standby worker. By default one\n"
-"                             holds every mount (reading none), opens their\n"
-"                             layers from the store while idle (up to 1 GiB)\n"
-"                             and takes over the moment the serving worker\n"
-"                             exits: a crash costs no process start and no\n"
-"                             layer restore\n"
+"  --root DIR                 state directory (default " DEFAULT_ROOT ")\n"
+"  --worker PATH              the worker (default: next to this binary, else in $PATH)\n"
+"  --restart-limit N/SECONDS  give up respawning a worker that died N times within\n"
+"                             SECONDS, keeping the mounts (default 10/60; 0: never)\n"
+"  --restart-delay-max MS     longest wait between respawns (default 5000)\n"
+"  --no-standby               keep no standby worker ready to take over\n"
 "  --help                     show this help\n"
 "\n"
-"Signals: SIGTERM and SIGINT drain the worker and stop. Mounts are detached\n"
-"unless systemd runs the supervisor (NOTIFY_SOCKET): then their fds stay in\n"
-"its fdstore for the next start.\n");
-}
+"SIGTERM and SIGINT drain the worker and stop. Mounts are detached unless\n"
+"systemd runs the supervisor: then their fds stay in its fdstore.\n";
 
+/* WORKER_NAME next to self, else the first in $PATH. */
 static char *find_worker(const char *self) {
         char buf[PATH_MAX];
-        snprintf(buf, sizeof(buf), "%s", self);
-        char *slash = strrchr(buf, '/');
-        if (slash && (size_t) (slash - buf) + sizeof(WORKER_NAME) + 1 < sizeof(buf)) {
-                strcpy(slash + 1, WORKER_NAME);
-                if (access(buf, X_OK) == 0)
-                        return strdup(buf);
-        }
-        const char *path = getenv("PATH");
-        while (path && *path) {
+        snprintf(buf, sizeof(buf), "%.*s/" WORKER_NAME, (int) (strrchr(self, '/') - self), self);
+        if (access(buf, X_OK) == 0)
+                return strdup(buf);
+        for (const char *path = getenv("PATH"); path && *path;) {
                 size_t n = strcspn(path, ":");
-                if (n > 0 && path[0] == '/' && n + sizeof(WORKER_NAME) + 1 < sizeof(buf)) {
-                        snprintf(buf, sizeof(buf), "%.*s/%s", (int) n, path, WORKER_NAME);
-                        if (access(buf, X_OK) == 0)
-                                return strdup(buf);
-                }
+                if (path[0] == '/' && snprintf(buf, sizeof(buf), "%.*s/" WORKER_NAME, (int) n, path) < PATH_MAX &&
+                    access(buf, X_OK) == 0)
+                        return strdup(buf);
                 path += n + (path[n] == ':');
         }
         return NULL;
 }
 
 static int make_root(const char *root, char **ret) {
-        if (mkdir(root, 0700) < 0 && errno != EEXIST)
-                return -errno;
         struct stat st;
-        if (stat(root, &st) < 0)
+        if ((mkdir(root, 0700) < 0 && errno != EEXIST) || stat(root, &st) < 0)
                 return -errno;
         if (!S_ISDIR(st.st_mode))
                 return -ENOTDIR;
@@ -101,15 +66,55 @@ static void on_signal(uv_signal_t *h, int signum) {
                 supervisor_stop(s);
 }
 
-static int parse_limit(const char *arg, Supervisor *s) {
-        unsigned burst;
-        unsigned long secs;
-        char tail;
-        if (sscanf(arg, "%u/%lu%c", &burst, &secs, &tail) != 2 || burst > RESTART_BURST_MAX || secs == 0)
-                return -EINVAL;
-        s->restart_burst = burst;
-        s->restart_interval_ms = secs * 1000;
+/* Everything between the options and the loop. */
+static int start(Supervisor *s, const char *root, const char *worker, int restore_fd, ErrMsg *err) {
+        char self[PATH_MAX];
+        ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+        if (n <= 0)
+                return errmsg_set(err, -errno, "readlink /proc/self/exe: %s", strerror(errno));
+        /* After a package upgrade the running image is "(deleted)"; the
+         * path is where the new one is. */
+        self[n] = 0;
+        if (n > 10 && strcmp(self + n - 10, " (deleted)") == 0)
+                self[n - 10] = 0;
+        s->self_path = strdup(self);
+        int r = make_root(root, &s->root);
+        if (r < 0)
+                return errmsg_set(err, r, "state directory %s: %s", root, strerror(-r));
+        s->worker_path = worker ? (worker[0] == '/' ? strdup(worker) : realpath(worker, NULL)) : find_worker(self);
+        if (!s->worker_path)
+                return errmsg_set(err, -ENOENT, "no " WORKER_NAME " next to %s or in $PATH; use --worker", self);
+        s->start_ms = now_ms();
+        uv_timer_init(s->loop, &s->spawn_timer);
+        uv_signal_init(s->loop, &s->sigterm);
+        uv_signal_init(s->loop, &s->sigint);
+        s->sigterm.data = s->sigint.data = s;
+        uv_signal_start(&s->sigterm, on_signal, SIGTERM);
+        uv_signal_start(&s->sigint, on_signal, SIGINT);
+        sd_setup(s);
+        if (restore_fd >= 0) {
+                r = supervisor_restore(s, restore_fd, err);
+                return r < 0 ? errmsg_prefix(err, r, "cannot restore after re-exec") : 0;
+        }
+        r = sd_restore(s, err);
+        if (r < 0)
+                log_error("cannot take the mounts back from the fdstore: %s", err->text);
+        else if (r > 0)
+                log_info("took %d mounts back from the fdstore", r);
+        _cleanup_free_ char *sock = NULL;
+        if (asprintf(&sock, "%s/supervisor.sock", s->root) < 0)
+                return errmsg_set(err, -ENOMEM, "out of memory");
+        r = ctl_server_start(&s->ctl, s, sock, -1);
+        if (r < 0)
+                return errmsg_set(err, r, "control socket %s%s: %s", sock,
+                                  r == -EADDRINUSE ? " (another supervisor runs there)" : "", strerror(-r));
+        log_info("listening on %s; worker %s", sock, s->worker_path);
         return 0;
+}
+
+static int bad_usage(const char *what, const char *arg) {
+        fprintf(stderr, "holdfast-supervisor: %s '%s'\n", what, arg);
+        return 2;
 }
 
 int main(int argc, char **argv) {
@@ -123,123 +128,60 @@ int main(int argc, char **argv) {
                 { "help", no_argument, NULL, 'h' },
                 {},
         };
-        static Supervisor sup;
+        static Supervisor sup = {
+                .restart_burst = 10, .restart_interval_ms = 60000, .delay_max_ms = 5000, /* see help */
+                .want_standby = true, .prev_inflight_fd = -EBADF,
+        };
         Supervisor *s = &sup;
         const char *root = DEFAULT_ROOT, *worker = NULL;
         int restore_fd = -1, c;
-        s->restart_burst = 10;
-        s->restart_interval_ms = 60000;
-        s->delay_max_ms = 5000;
-        s->want_standby = true;
-        s->prev_inflight_fd = -1;
+        uint64_t secs;
+        char tail;
         while ((c = getopt_long(argc, argv, "h", opts, NULL)) >= 0)
                 switch (c) {
                 case 'r': root = optarg; break;
                 case 'w': worker = optarg; break;
                 case 'l':
-                        if (parse_limit(optarg, s) < 0) {
-                                fprintf(stderr, "holdfast-supervisor: --restart-limit wants N/SECONDS, got '%s'\n",
-                                        optarg);
-                                return 2;
-                        }
+                        if (sscanf(optarg, "%u/%" SCNu64 "%c", &s->restart_burst, &secs, &tail) != 2 ||
+                            s->restart_burst > RESTART_BURST_MAX || secs == 0)
+                                return bad_usage("--restart-limit wants N/SECONDS, got", optarg);
+                        s->restart_interval_ms = secs * 1000;
                         break;
-                case 'd': {
-                        char *end;
-                        unsigned long long v = strtoull(optarg, &end, 10);
-                        if (*end || end == optarg || v > 3600000) {
-                                fprintf(stderr, "holdfast-supervisor: bad --restart-delay-max '%s'\n", optarg);
-                                return 2;
-                        }
-                        s->delay_max_ms = MAX((uint64_t) v, (uint64_t) 100);
+                case 'd':
+                        if (sscanf(optarg, "%" SCNu64 "%c", &s->delay_max_ms, &tail) != 1 || s->delay_max_ms > 3600000)
+                                return bad_usage("bad --restart-delay-max", optarg);
+                        s->delay_max_ms = MAX(s->delay_max_ms, (uint64_t) 100);
                         break;
-                }
                 case 'R': restore_fd = atoi(optarg); break;
                 case 'S': s->want_standby = false; break;
-                case 'h': help(stdout); return 0;
-                default: help(stderr); return 2;
+                case 'h': fputs(help, stdout); return 0;
+                default: fputs(help, stderr); return 2;
                 }
-        if (optind < argc) {
-                fprintf(stderr, "holdfast-supervisor: unexpected argument '%s'\n", argv[optind]);
-                return 2;
-        }
+        if (optind < argc)
+                return bad_usage("unexpected argument", argv[optind]);
         if (geteuid() != 0) {
-                fprintf(stderr, "holdfast-supervisor: must run as root (mount(2), /dev/fuse)\n");
+                fputs("holdfast-supervisor: must run as root (mount(2), /dev/fuse)\n", stderr);
                 return 1;
         }
         signal(SIGPIPE, SIG_IGN);
-        char self[PATH_MAX];
-        ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
-        if (n <= 0) {
-                log_error("readlink /proc/self/exe: %s", strerror(errno));
-                return 1;
-        }
-        self[n] = 0;
-        /* After a package upgrade the running image is "(deleted)"; the
-         * path is where the new one is. */
-        char *del = strstr(self, " (deleted)");
-        if (del && del[10] == 0)
-                *del = 0;
-        s->self_path = strdup(self);
-        int r = make_root(root, &s->root);
-        if (r < 0) {
-                log_error_errno(r, "state directory %s", root);
-                return 1;
-        }
-        s->worker_path = worker ? (worker[0] == '/' ? strdup(worker) : realpath(worker, NULL)) : find_worker(self);
-        if (!s->worker_path) {
-                log_error("no %s found (next to %s or in $PATH); use --worker", WORKER_NAME, self);
-                return 1;
-        }
         uv_loop_t loop;
         uv_loop_init(&loop);
         s->loop = &loop;
-        s->start_ms = now_ms();
-        uv_timer_init(&loop, &s->respawn_timer);
-        s->respawn_timer.data = s;
-        uv_timer_init(&loop, &s->standby_timer);
-        s->standby_timer.data = s;
-        uv_signal_init(&loop, &s->sigterm);
-        uv_signal_init(&loop, &s->sigint);
-        s->sigterm.data = s->sigint.data = s;
-        uv_signal_start(&s->sigterm, on_signal, SIGTERM);
-        uv_signal_start(&s->sigint, on_signal, SIGINT);
-        sd_setup(s);
-
         ErrMsg err = {};
-        if (restore_fd >= 0) {
-                r = supervisor_restore(s, restore_fd, &err);
-                if (r < 0) {
-                        log_error("cannot restore after re-exec: %s", err.text);
-                        return 1;
-                }
-        } else {
-                r = sd_restore(s, &err);
-                if (r < 0)
-                        log_error("cannot take the mounts back from the fdstore: %s", err.text);
-                else if (r > 0)
-                        log_info("took %d mounts back from the fdstore", r);
-                _cleanup_free_ char *sock = NULL;
-                if (asprintf(&sock, "%s/supervisor.sock", s->root) < 0)
-                        return 1;
-                r = ctl_server_start(&s->ctl, s, sock, -1);
-                if (r < 0) {
-                        log_error_errno(r, "control socket %s%s", sock,
-                                        r == -EADDRINUSE ? " (another supervisor runs there)" : "");
-                        return 1;
-                }
-                log_info("listening on %s; worker %s", sock, s->worker_path);
+        if (start(s, root, worker, restore_fd, &err) < 0) {
+                log_error("%s", err.text);
+                return 1;
         }
         if (!s->current && !s->gave_up)
                 supervisor_spawn_current(s);
         sd_ready(s);
         uv_run(&loop, UV_RUN_DEFAULT);
         uv_loop_close(&loop);
-        if (s->prev_inflight_fd >= 0)
-                close(s->prev_inflight_fd);
+        closep(&s->prev_inflight_fd);
         free(s->root);
         free(s->worker_path);
         free(s->self_path);
         free(s->standby_path);
         log_info("stopped");
-        return s->exit_code;
+        return 0;
 }

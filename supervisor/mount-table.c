@@ -1,43 +1,21 @@
-/* The mount records (mount-table.h). Owns every Mount, its strings and its
- * /dev/fuse fd. Runs on the supervisor's loop only. Invariant: ids are
+/* The mount records (mount-table.h). Owns every Mount (one allocation
+ * with its strings) and its /dev/fuse fd. Runs on the supervisor's loop only. Invariant: ids are
  * unique and smaller than next_id. */
 #include "supervisor/mount-table.h"
 
-#include <errno.h>
-#include <stdlib.h>
-#include <string.h>
-#include <unistd.h>
-
-#include "common/util/macro.h"
-
-static Mount *mount_free(Mount *m) {
-        if (!m)
-                return NULL;
-        if (m->fd >= 0)
-                close(m->fd);
-        free(m->mountpoint);
-        free(m->source);
-        free(m);
-        return NULL;
-}
-
-int mount_table_add(MountTable *t, const char *mountpoint, const char *source, int take_fd, Mount **ret) {
+int mount_table_add(MountTable *t, uint64_t id, const char *mountpoint, const char *source, int take_fd, Mount **ret) {
         _cleanup_close_ int fd = take_fd;
         if (t->count >= MOUNT_TABLE_MAX)
                 return -ENOSPC;
-        Mount *m = calloc(1, sizeof(*m));
+        size_t mp_size = strlen(mountpoint) + 1, src_size = strlen(source) + 1;
+        Mount *m = calloc(1, sizeof(*m) + mp_size + src_size);
         if (!m)
                 return -ENOMEM;
-        m->fd = -EBADF;
-        m->mountpoint = strdup(mountpoint);
-        m->source = strdup(source);
-        if (!m->mountpoint || !m->source) {
-                mount_free(m);
-                return -ENOMEM;
-        }
+        m->mountpoint = memcpy((char *) (m + 1), mountpoint, mp_size);
+        m->source = memcpy(m->mountpoint + mp_size, source, src_size);
         if (t->next_id == 0)
                 t->next_id = 1;
-        m->id = t->next_id++;
+        m->id = id ? id : t->next_id++;
         m->fd = TAKE_FD(fd);
         m->next = t->head;
         t->head = m;
@@ -53,9 +31,13 @@ Mount *mount_table_find(MountTable *t, uint64_t id) {
         return NULL;
 }
 
-Mount *mount_table_find_path(MountTable *t, const char *mountpoint) {
+Mount *mount_table_find_path(MountTable *t, const char *path) {
         for (Mount *m = t->head; m; m = m->next)
-                if (strcmp(m->mountpoint, mountpoint) == 0)
+                if (strcmp(m->mountpoint, path) == 0)
+                        return m;
+        _cleanup_free_ char *canon = realpath(path, NULL);
+        for (Mount *m = t->head; canon && m; m = m->next)
+                if (strcmp(m->mountpoint, canon) == 0)
                         return m;
         return NULL;
 }
@@ -65,7 +47,8 @@ void mount_table_remove(MountTable *t, Mount *m) {
                 if (*p == m) {
                         *p = m->next;
                         t->count--;
-                        mount_free(m);
+                        closep(&m->fd);
+                        free(m);
                         return;
                 }
 }
@@ -73,4 +56,10 @@ void mount_table_remove(MountTable *t, Mount *m) {
 void mount_table_clear(MountTable *t) {
         while (t->head)
                 mount_table_remove(t, t->head);
+}
+
+void mount_to_record(const Mount *m, holdfast_MountRecord *ret) {
+        *ret = (holdfast_MountRecord) { .id = m->id, .initialized = m->initialized, .init = m->init };
+        snprintf(ret->mountpoint, sizeof(ret->mountpoint), "%s", m->mountpoint);
+        snprintf(ret->source, sizeof(ret->source), "%s", m->source);
 }

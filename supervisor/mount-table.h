@@ -4,11 +4,9 @@
  * thread safety (the supervisor has one loop). */
 #pragma once
 
-#include <stdbool.h>
-#include <stddef.h>
-#include <stdint.h>
+#include "holdfast.pb.h"
+#include "supervisor/base.h"
 
-#define MOUNT_INIT_MAX 128
 /* Same as FileDescriptorStoreMax= in packaging/holdfast-supervisor.service. */
 #define MOUNT_TABLE_MAX 4096
 
@@ -16,12 +14,11 @@ typedef struct CtlConn CtlConn;
 
 typedef struct Mount {
         uint64_t id;
-        char *mountpoint;        /* owned; canonical, absolute */
-        char *source;            /* owned; canonical, absolute */
+        char *mountpoint;        /* canonical, absolute; in m's allocation */
+        char *source;            /* canonical path, or a layer reference; ditto */
         int fd;                  /* owned: the /dev/fuse connection */
         bool initialized;        /* a worker answered FUSE_INIT */
-        uint8_t init[MOUNT_INIT_MAX];
-        size_t init_size;
+        holdfast_MountRecord_init_t init;   /* what it negotiated */
 
         uint64_t sent_gen;       /* generation of the worker that has it, 0: none */
         bool in_batch;           /* sent in a start sequence, no MountStatus yet */
@@ -38,10 +35,15 @@ typedef struct MountTable {
                                   * for a removed id is recognized as such */
 } MountTable;
 
-/* Creates a record taking ownership of fd (closed on failure too). */
-int mount_table_add(MountTable *t, const char *mountpoint, const char *source, int take_fd, Mount **ret);
+/* Creates a record taking ownership of fd (closed on failure too); id 0
+ * numbers it, else it keeps the given id (a record carried over). */
+int mount_table_add(MountTable *t, uint64_t id, const char *mountpoint, const char *source, int take_fd, Mount **ret);
 Mount *mount_table_find(MountTable *t, uint64_t id);
-Mount *mount_table_find_path(MountTable *t, const char *mountpoint);
+/* By mountpoint as recorded or, failing that, as realpath() resolves it
+ * (only then: resolving may touch a dead mount). */
+Mount *mount_table_find_path(MountTable *t, const char *path);
 /* Unlinks m, closes its fd, frees it. */
 void mount_table_remove(MountTable *t, Mount *m);
 void mount_table_clear(MountTable *t);
+/* m as the worker protocol and the state file carry it. */
+void mount_to_record(const Mount *m, holdfast_MountRecord *ret);

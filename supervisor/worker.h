@@ -6,12 +6,9 @@
  * Runs on the supervisor's loop; no thread safety. */
 #pragma once
 
-#include <stdbool.h>
-#include <stdint.h>
-#include <sys/types.h>
-#include "supervisor/uv-base.h"
-
 #include "common/util/errmsg.h"
+#include "holdfast.pb.h"
+#include "supervisor/base.h"
 
 typedef struct Supervisor Supervisor;
 typedef struct Mount Mount;
@@ -32,11 +29,11 @@ typedef struct Worker {
         int pidfd;                /* owned */
         int sock;                 /* owned; our end of the socketpair */
         int inflight_fd;          /* owned; its in-flight table (WorkerReady), or -1 */
+        uv_timer_t timer;         /* WorkerReady / Warm / Drained deadlines */
         uv_poll_t pid_poll;       /* readable when the process exited */
         uv_poll_t sock_poll;
-        uv_timer_t timer;         /* WorkerReady / Drained deadlines */
-        unsigned open_handles;    /* freed when the last uv_close callback ran */
-        bool sock_polling;
+        unsigned open_handles;    /* of the three above, in that order; the
+                                   * Worker is freed when the last one closed */
         bool sock_closed;         /* EOF seen; exit expected within 1 s */
 
         WorkerState state;
@@ -45,31 +42,30 @@ typedef struct Worker {
         bool asked_to_exit;       /* Drain or our SIGKILL: not a crash */
         bool warm;                /* Warm came (or its deadline passed) */
         bool drained;             /* Drained came */
-        bool misbehaved;
-        uint64_t spawned_ms;
         uint64_t serving_ms;      /* 0 until SERVING */
-        int wait_status;          /* si_code/si_status after reaping, for logs */
         char exit_text[64];
 } Worker;
 
 const char *worker_state_to_string(WorkerState st);
 
 int worker_spawn(Supervisor *s, const char *path, uint64_t generation, Worker **ret, ErrMsg *err);
-/* Re-adopts a worker after the supervisor re-executed itself. */
-int worker_adopt(Supervisor *s, pid_t pid, int take_pidfd, int take_sock, int take_inflight_fd,
-                 uint64_t generation, uint64_t serving_ms, Worker **ret);
+/* Re-adopts the serving worker st carried over the supervisor's execve
+ * (taking its fds). */
+int worker_adopt(Supervisor *s, const holdfast_SupervisorState *st, Worker **ret);
 
 /* WorkerStart and every mount with its fd: READY -> HOLDING. */
 int worker_load(Worker *w);
+/* The senders below kill a worker they cannot send to: its exit says what
+ * next. */
 /* WorkerGo: HOLDING -> STARTING (or SERVING with no mounts). Only once
  * the previous holder of the mounts was reaped. */
-int worker_go(Worker *w);
+void worker_go(Worker *w);
 /* A new mount, or one whose INIT parameters changed, to a worker that
  * holds or serves the others. */
-int worker_send_mount(Worker *w, Mount *m);
-int worker_send_unmount(Worker *w, uint64_t id);
+void worker_send_mount(Worker *w, Mount *m);
+void worker_send_unmount(Worker *w, uint64_t id);
 /* Sends Drain, arms the SIGKILL deadline. */
-int worker_drain(Worker *w, uint64_t timeout_ms);
+void worker_drain(Worker *w);
 void worker_kill(Worker *w, const char *why);
 /* SIGKILL and wait for the exit right here (blocking): for a worker that
  * must be gone before the next step, and whose exit nobody reports. */
