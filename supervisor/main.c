@@ -34,6 +34,9 @@ static char *find_worker(const char *self) {
         snprintf(buf, sizeof(buf), "%.*s/" WORKER_NAME, (int) (strrchr(self, '/') - self), self);
         if (access(buf, X_OK) == 0)
                 return strdup(buf);
+        /* where `meson install` puts it */
+        if (access(HOLDFAST_LIBEXECDIR "/" WORKER_NAME, X_OK) == 0)
+                return strdup(HOLDFAST_LIBEXECDIR "/" WORKER_NAME);
         for (const char *path = getenv("PATH"); path && *path;) {
                 size_t n = strcspn(path, ":");
                 if (path[0] == '/' && snprintf(buf, sizeof(buf), "%.*s/" WORKER_NAME, (int) n, path) < PATH_MAX &&
@@ -83,7 +86,7 @@ static int start(Supervisor *s, const char *root, const char *worker, int restor
                 return errmsg_set(err, r, "state directory %s: %s", root, strerror(-r));
         s->worker_path = worker ? (worker[0] == '/' ? strdup(worker) : realpath(worker, NULL)) : find_worker(self);
         if (!s->worker_path)
-                return errmsg_set(err, -ENOENT, "no " WORKER_NAME " next to %s or in $PATH; use --worker", self);
+                return errmsg_set(err, -ENOENT, "no " WORKER_NAME " next to %s, in " HOLDFAST_LIBEXECDIR " or in $PATH; use --worker", self);
         s->start_ms = now_ms();
         uv_timer_init(s->loop, &s->spawn_timer);
         uv_signal_init(s->loop, &s->sigterm);

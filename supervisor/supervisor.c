@@ -83,6 +83,8 @@ void supervisor_want_standby(Supervisor *s) {
 
 /* A worker died without being asked to: counts it; true when that makes
  * a crash loop (then respawning stops, and mounts stay). */
+static void upgrade_done(Supervisor *s, int error, const char *fmt, ...) _printf_(3, 4);
+
 static bool crash_loop(Supervisor *s) {
         uint64_t t = now_ms();
         s->deaths[s->n_deaths++ % RESTART_BURST_MAX] = t;
@@ -104,6 +106,10 @@ static bool crash_loop(Supervisor *s) {
         }
         if (s->standby)
                 kill_standby(s, "respawning was given up");
+        /* an upgrade waiting for that standby would wait forever, and
+         * refuse every later restart and re-exec */
+        if (s->upgrading)
+                upgrade_done(s, -ECHILD, "the worker keeps dying; respawning given up");
         sd_status(s);
         return true;
 }
@@ -149,7 +155,6 @@ static void promote_standby(Supervisor *s) {
                 worker_go(w); /* on failure it is killed; its exit says what next */
 }
 
-static void upgrade_done(Supervisor *s, int error, const char *fmt, ...) _printf_(3, 4);
 static void upgrade_done(Supervisor *s, int error, const char *fmt, ...) {
         holdfast_CtlReply reply = { .error = error };
         va_list ap;

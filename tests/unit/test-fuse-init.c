@@ -33,7 +33,9 @@ static void test_negotiate(void) {
         uint64_t flags = out.flags | (uint64_t) out.flags2 << 32;
         ok(flags & FUSE_DO_READDIRPLUS, "READDIRPLUS kept");
         ok(!(flags & FUSE_READDIRPLUS_AUTO), "READDIRPLUS_AUTO not asked for");
-        ok(!(flags & (FUSE_POSIX_LOCKS | FUSE_SPLICE_READ | FUSE_PASSTHROUGH)), "unwanted flags dropped");
+        ok(!(flags & (FUSE_POSIX_LOCKS | FUSE_SPLICE_READ)), "unwanted flags dropped");
+        ok(flags & FUSE_PASSTHROUGH, "passthrough kept");
+        is_int(out.unused[0], 1, "max_stack_depth 1 with passthrough");
         ok((flags & FUSE_ASYNC_READ) && (flags & FUSE_CACHE_SYMLINKS) && (flags & FUSE_PARALLEL_DIROPS) &&
                    (flags & FUSE_MAX_PAGES) && (flags & FUSE_INIT_EXT),
            "wanted flags kept");
@@ -41,6 +43,10 @@ static void test_negotiate(void) {
         is_int(out.max_write, 1 << 20, "max_write 1 MiB");
         is_int(out.time_gran, 1, "time_gran 1");
         is_int(out.max_readahead, 131072, "max_readahead as offered");
+
+        in = kernel_init(41, FUSE_ASYNC_READ | FUSE_MAX_PAGES);
+        is_int(fuse_params_negotiate(&in, sizeof(in), &p, &out, &out_len), 0, "no passthrough offered");
+        is_int(out.unused[0], 0, "max_stack_depth 0 without passthrough");
 
         in = kernel_init(31, FUSE_ASYNC_READ);
         is_int(fuse_params_negotiate(&in, sizeof(in), &p, &out, &out_len), 0, "7.31 negotiates");
