@@ -28,7 +28,7 @@
 /* One range request fetches at most this many compressed bytes. */
 #define RUN_MAX (16u << 20)
 /* A miss brings along the chunks that follow it in the blob: from
- * NEIGHBOURS_MIN bytes, doubling up to NEIGHBOURS_MAX_SPAN for a reader
+ * NEIGHBOURS_MIN bytes, growing up to NEIGHBOURS_MAX_SPAN for a reader
  * that walks the blob, and at most NEIGHBOURS_MAX chunks. */
 #define NEIGHBOURS_MIN (128u << 10)
 #define NEIGHBOURS_MAX_SPAN (8u << 20)
@@ -129,7 +129,7 @@ static size_t span_len(const Index *idx, const uint32_t *ids, size_t n) {
  * together (a directory's files, a package's modules), so one request
  * brings the neighbours of a small file along. The span starts small
  * (a random reader, like an interpreter importing modules, pays little
- * for it) and doubles while each miss starts where the last fetch ended
+ * for it) and grows fourfold while each miss starts where the last fetch ended
  * (a reader walking the layer, like a copy, then streams it in large
  * requests), as the kernel's readahead does. Returns the new count. */
 static size_t add_neighbours(LayerSource *ls, uint32_t *ids, size_t n, size_t cap) {
@@ -140,7 +140,7 @@ static size_t add_neighbours(LayerSource *ls, uint32_t *ids, size_t n, size_t ca
         uint64_t last = __atomic_load_n(&ls->ra_end, __ATOMIC_RELAXED);
         uint64_t span = __atomic_load_n(&ls->ra_span, __ATOMIC_RELAXED);
         if (last && start >= last && start - last <= NEIGHBOURS_MIN)
-                span = MIN(span * 2, (uint64_t) NEIGHBOURS_MAX_SPAN);
+                span = MIN(span * 4, (uint64_t) NEIGHBOURS_MAX_SPAN);
         else
                 span = NEIGHBOURS_MIN;
         for (size_t p = ls->blob_pos[ids[n - 1]] + 1; n < cap && p < idx->n_chunks; p++) {

@@ -92,8 +92,11 @@ static int parse_source(const char *source, char **ret_ref, uint8_t toc[SHA256_L
 
 /* The blob's last bytes, read in one request before the footer and the
  * TOC are (they are at the end of the blob): one round trip instead of
- * two for every layer whose TOC is smaller than this. */
-#define TAIL_READ (512u << 10)
+ * two for every layer whose compressed TOC is smaller than this. On a
+ * 100 Mbit/s link with 20 ms round trips, 64 KiB costs about a quarter
+ * of the round trip it saves; a larger guess costs more than it saves
+ * for the many small layers. */
+#define TAIL_READ (64u << 10)
 
 static int read_tail(LayerSource *ls, ErrMsg *err) {
         uint64_t size = fetch_blob_size(ls->blob);
