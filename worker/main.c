@@ -17,9 +17,7 @@
 #include "worker/cache/cache.h"
 #include "worker/layers/layers.h"
 #include "worker/util/log.h"
-#ifdef HOLDFAST_HAVE_META
 #include "worker/meta/store.h"
-#endif
 
 static const char usage_text[] =
         "NAME\n"
@@ -77,7 +75,6 @@ static const char usage_text[] =
 
 int worker_store_open(const char *root, MetaStore **ret) {
         *ret = NULL;
-#ifdef HOLDFAST_HAVE_META
         if (mkdir(root, 0700) < 0 && errno != EEXIST) {
                 int r = -errno;
                 log_error_errno(r, "Cannot create %s: %m", root);
@@ -92,19 +89,11 @@ int worker_store_open(const char *root, MetaStore **ret) {
                 log_error_errno(r, "Cannot open the layer store %s: %s", dir, err.text[0] ? err.text : strerror(-r));
                 return r;
         }
-#else
-        (void) root;
-#endif
         return 0;
 }
 
 MetaStore *worker_store_close(MetaStore *s) {
-#ifdef HOLDFAST_HAVE_META
         return meta_store_close(s);
-#else
-        (void) s;
-        return NULL;
-#endif
 }
 
 int worker_env_open(const char *root, MetaStore **store, LayerEnv **ret) {

@@ -18,8 +18,8 @@ typedef struct WorkerArgs {
         const char *mountpoint;
 } WorkerArgs;
 
-/* Opens ROOT/meta (creating ROOT if needed). Returns 0 with *ret NULL
- * when holdfast was built without worker/meta. */
+/* Opens ROOT/meta (creating ROOT if needed). Returns 0, or -errno
+ * (logged; the worker then serves without the store). */
 int worker_store_open(const char *root, MetaStore **ret);
 MetaStore *worker_store_close(MetaStore *s);
 

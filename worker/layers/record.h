@@ -1,6 +1,5 @@
 /* Layer records in the worker's store: a Layer's metadata
- * (common/estargz/index-io.h) under a key. Built without worker/meta,
- * these find nothing and store nothing. Any thread; never logs. */
+ * (common/estargz/index-io.h) under a key. Any thread; never logs. */
 #pragma once
 
 #include "common/estargz/layer.h"

@@ -3,10 +3,10 @@
  * call in between meta_store_open() and meta_store_close(), and nothing
  * here is mutable after open.
  *
- * This file is the only place where a RocksDB errptr string becomes an
- * errno: see rocks_error(). Records are synced to the WAL before a put
+ * RocksDB's error strings become errno in rocks-error.c. Records are synced to the WAL before a put
  * returns, so a worker killed right after storing a layer finds it again. */
 #include "worker/meta/store.h"
+#include "worker/meta/rocks-error.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -37,24 +37,6 @@ struct MetaStore {
         rocksdb_writeoptions_t *write_options; /* owned; sync */
 };
 
-/* Turns a RocksDB error string (Status::ToString(), "<Kind>: <detail>")
- * into -errno and a message, and frees it. RocksDB reports a LOCK file held
- * by another process as "IO error: While lock file: ...: Resource
- * temporarily unavailable", and by this process (a second open) as "IO
- * error: lock hold by current process ...". */
-static int rocks_error(char *errptr, ErrMsg *err, const char *what, const char *arg) {
-        int r;
-        if (strstr(errptr, "While lock file") || strstr(errptr, "lock hold by current process") ||
-            strncmp(errptr, "Resource busy", strlen("Resource busy")) == 0)
-                r = -EBUSY;
-        else if (strncmp(errptr, "Corruption", strlen("Corruption")) == 0)
-                r = -EBADMSG;
-        else
-                r = -EIO; /* "IO error" and everything else */
-        errmsg_set(err, r, "RocksDB %s %s: %s", what, arg, errptr);
-        rocksdb_free(errptr);
-        return r;
-}
 
 /* Removes dir and the plain files in it (a secondary's LOG files). */
 static void remove_dir_files(const char *dir) {
@@ -187,7 +169,7 @@ int meta_store_open(const char *dir, MetaStore **ret, ErrMsg *err) {
         char *e = NULL;
         s->db = rocksdb_open(s->options, dir, &e);
         if (e) {
-                r = rocks_error(e, err, "open of", dir);
+                r = meta_rocks_error(e, err, "open of", dir);
                 s->db = NULL;
                 meta_store_close(s);
                 return r;
@@ -243,7 +225,7 @@ static int catch_up(MetaStore *s, ErrMsg *err) {
         rocksdb_try_catch_up_with_primary(s->ro, &e);
         pthread_mutex_unlock(&s->open_lock);
         if (e)
-                return rocks_error(e, err, "catch-up of", s->dir);
+                return meta_rocks_error(e, err, "catch-up of", s->dir);
         return 1;
 }
 
@@ -271,7 +253,7 @@ static int writer(MetaStore *s, rocksdb_t **ret, ErrMsg *err) {
                         __atomic_store_n(&s->db, db, __ATOMIC_RELEASE);
                         break;
                 }
-                r = rocks_error(e, err, "read-write open of", s->dir);
+                r = meta_rocks_error(e, err, "read-write open of", s->dir);
                 if (r != -EBUSY || tries >= 100)
                         break;
                 r = 0;
@@ -308,7 +290,7 @@ int meta_layer_put(MetaStore *s, const char *key, const void *val, size_t len, E
         char *e = NULL;
         rocksdb_put(db, s->write_options, k, klen, val, len, &e);
         if (e)
-                return rocks_error(e, err, "put of", k);
+                return meta_rocks_error(e, err, "put of", k);
         return 0;
 }
 
@@ -319,7 +301,7 @@ static int get_pinned(MetaStore *s, const char *k, size_t klen, rocksdb_pinnable
         rocksdb_pinnableslice_t *v = rocksdb_get_pinned(reader(s), s->read_options, k, klen, &e);
         if (e) {
                 rocksdb_pinnableslice_destroy(v);
-                return rocks_error(e, err, "get of", k);
+                return meta_rocks_error(e, err, "get of", k);
         }
         *ret = v;
         return v ? 0 : -ENOENT;
@@ -368,6 +350,6 @@ int meta_layer_delete(MetaStore *s, const char *key, ErrMsg *err) {
         char *e = NULL;
         rocksdb_delete(db, s->write_options, k, klen, &e);
         if (e)
-                return rocks_error(e, err, "delete of", k);
+                return meta_rocks_error(e, err, "delete of", k);
         return 0;
 }

@@ -8,8 +8,8 @@
  * scans (List, Cleanup, the children check), and they are written only by
  * the worker that serves containerd's socket.
  *
- * This file is the only place where a RocksDB errptr becomes an errno:
- * see rocks_error(). */
+ * RocksDB's errors become errno in worker/meta/rocks-error.c, for this
+ * database and the layer store alike. */
 #include "worker/snapshotter/snapshots-db.h"
 
 #include <errno.h>
@@ -17,6 +17,8 @@
 #include <string.h>
 
 #include <rocksdb/c.h>
+
+#include "worker/meta/rocks-error.h"
 
 struct SnapDb {
         rocksdb_t *db;                         /* owned */
@@ -29,22 +31,6 @@ struct SnapDbBatch {
         rocksdb_writebatch_t *wb; /* owned */
 };
 
-/* RocksDB's Status::ToString(): "<Kind>: <detail>". A LOCK held by another
- * process reads "IO error: While lock file: ...: Resource temporarily
- * unavailable", by this process "IO error: lock hold by current process". */
-static int rocks_error(char *errptr, ErrMsg *err, const char *what) {
-        int r;
-        if (strstr(errptr, "While lock file") || strstr(errptr, "lock hold by current process") ||
-            strncmp(errptr, "Resource busy", strlen("Resource busy")) == 0)
-                r = -EBUSY;
-        else if (strncmp(errptr, "Corruption", strlen("Corruption")) == 0)
-                r = -EBADMSG;
-        else
-                r = -EIO;
-        errmsg_set(err, r, "RocksDB %s: %s", what, errptr);
-        rocksdb_free(errptr);
-        return r;
-}
 
 SnapDb *snap_db_close(SnapDb *db) {
         if (!db)
@@ -83,7 +69,7 @@ int snap_db_open(const char *dir, SnapDb **ret, ErrMsg *err) {
         char *e = NULL;
         db->db = rocksdb_open(db->options, dir, &e);
         if (e) {
-                int r = rocks_error(e, err, "open");
+                int r = meta_rocks_error(e, err, "open", "");
                 db->db = NULL;
                 snap_db_close(db);
                 return errmsg_prefix(err, r, "%s", dir);
@@ -96,7 +82,7 @@ int snap_db_get(SnapDb *db, const void *key, size_t klen, void **ret_val, size_t
         char *e = NULL;
         rocksdb_pinnableslice_t *v = rocksdb_get_pinned(db->db, db->read_options, key, klen, &e);
         if (e)
-                return rocks_error(e, err, "get");
+                return meta_rocks_error(e, err, "get", "");
         if (!v)
                 return -ENOENT;
         size_t len;
@@ -134,7 +120,7 @@ int snap_db_scan(SnapDb *db, const void *prefix, size_t plen, SnapDbScanFn fn, v
                 char *e = NULL;
                 rocksdb_iter_get_error(it, &e);
                 if (e)
-                        r = rocks_error(e, err, "scan");
+                        r = meta_rocks_error(e, err, "scan", "");
         }
         rocksdb_iter_destroy(it);
         return r;
@@ -172,6 +158,6 @@ int snap_db_batch_write(SnapDb *db, SnapDbBatch *b, ErrMsg *err) {
         char *e = NULL;
         rocksdb_write(db->db, db->write_options, b->wb, &e);
         if (e)
-                return rocks_error(e, err, "write");
+                return meta_rocks_error(e, err, "write", "");
         return 0;
 }
