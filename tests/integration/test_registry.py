@@ -42,9 +42,10 @@ def proxy(registry):
 
 
 class Pushed:
-    def __init__(self, ref, toc, size, blob):
+    def __init__(self, ref, toc, size, blob, diff_id):
         self.ref = ref          # HOST/REPO@sha256:... through the proxy
         self.toc = toc
+        self.diff_id = diff_id
         self.size = size
         self.blob = blob
 
@@ -63,9 +64,10 @@ def image(layer, proxy, workdir):  # noqa: F811
     info = json.loads(p.stdout)
     with open(blob, "rb") as f:
         data = f.read()
-    out = ru.push_image(proxy.url, "app", "v1", [ru.Layer(data, annotations={ru.TOC_DIGEST_ANNOTATION: info["toc_digest"]})])
+    out = ru.push_image(proxy.url, "app", "v1", [ru.Layer(data, annotations={ru.TOC_DIGEST_ANNOTATION: info["toc_digest"]},
+                                                          diff_id=info["diff_id"])])
     digest = out["layers"][0]["digest"]
-    return Pushed("%s/app@%s" % (proxy.host, digest), info["toc_digest"], len(data), blob)
+    return Pushed("%s/app@%s" % (proxy.host, digest), info["toc_digest"], len(data), blob, info["diff_id"])
 
 
 def _sha(path):
@@ -114,7 +116,8 @@ def test_lazy_mount_reads_the_right_bytes_and_fetches_little(sups, layer, image,
           "reading every file: %d range requests, %d B" % (
               image.size, len(layer.files), first["bytes_sent"], first["requests"].get("range_get", 0),
               whole["requests"].get("range_get", 0), _range_bytes(whole)))
-    assert whole["requests"].get("range_get", 0) < 200, whole["requests"]
+    # neighbours and readahead: a few dozen requests, not one per file
+    assert whole["requests"].get("range_get", 0) < 60, whole["requests"]
     assert _range_bytes(whole) <= image.size * 1.05, (_range_bytes(whole), image.size)
 
     proxy.stats(reset=True)
@@ -242,8 +245,8 @@ def test_image_mount_merges_the_layers(sups, layer, image, proxy, workdir):  # n
     with open(blob, "rb") as f:
         upper = f.read()
     ru.push_image(proxy.url, "stack", "v2", [
-        ru.Layer(lower, annotations={ru.TOC_DIGEST_ANNOTATION: image.toc}),
-        ru.Layer(upper, annotations={ru.TOC_DIGEST_ANNOTATION: info["toc_digest"]})])
+        ru.Layer(lower, annotations={ru.TOC_DIGEST_ANNOTATION: image.toc}, diff_id=image.diff_id),
+        ru.Layer(upper, annotations={ru.TOC_DIGEST_ANNOTATION: info["toc_digest"]}, diff_id=info["diff_id"])])
     target = s.new_mountpoint()
     rc, out, err = s.ctl("image", "mount", "%s/stack:v2" % proxy.host, target)
     assert "2 layers" in out, (out, err)

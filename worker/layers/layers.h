@@ -63,7 +63,8 @@ typedef struct LayerSource {
                                   * cache; else NULL); protected by fetch_lock */
         pthread_t ra_thread;     /* the asynchronous readahead (read.c) */
         bool ra_started, ra_stop; /* protected by fetch_lock */
-        uint64_t ra_from, ra_want; /* protected by fetch_lock: the next span asked for */
+        uint64_t ra_from, ra_want; /* written under fetch_lock (ra_from also read
+                                  * atomically without it): the next span asked for */
         bool from_store;         /* the index came from the store */
         uint8_t *tail;           /* owned; the blob's end, only while opening */
         uint64_t tail_off;

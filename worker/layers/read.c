@@ -226,7 +226,7 @@ static void *readahead_main(void *userdata) {
                         pthread_cond_wait(&ls->fetch_cond, &ls->fetch_lock);
                         continue;
                 }
-                uint64_t from = ls->ra_from, span = ls->ra_want;
+                uint64_t from = __atomic_load_n(&ls->ra_from, __ATOMIC_RELAXED), span = ls->ra_want;
                 ls->ra_want = 0;
                 pthread_mutex_unlock(&ls->fetch_lock);
                 /* the missing chunks from `from` on, back to back, within span */
@@ -274,11 +274,16 @@ static void readahead_maybe(LayerSource *ls, uint64_t ino, uint64_t last_byte) {
         uint64_t at = ls->layer->index->chunks[ci].blob_end;
         if (at > end || end - at > span / 2)
                 return;
+        /* asked for already: most reads of a span's second half end here,
+         * without the lock (ra_from is written under it; a stale value
+         * only costs the locked check below) */
+        if (__atomic_load_n(&ls->ra_from, __ATOMIC_RELAXED) == end)
+                return;
         pthread_mutex_lock(&ls->fetch_lock);
         if (!ls->ra_started && !ls->ra_stop)
                 ls->ra_started = pthread_create(&ls->ra_thread, NULL, readahead_main, ls) == 0;
         if (ls->ra_started && ls->ra_from != end) {
-                ls->ra_from = end;
+                __atomic_store_n(&ls->ra_from, end, __ATOMIC_RELAXED);
                 ls->ra_want = MIN(span * 2, (uint64_t) NEIGHBOURS_MAX_SPAN);
                 __atomic_store_n(&ls->ra_span, ls->ra_want, __ATOMIC_RELAXED);
                 pthread_cond_broadcast(&ls->fetch_cond);
