@@ -10,9 +10,8 @@
 #include "supervisor/ctl-server.h"
 
 #include <stdarg.h>
-#include <sys/stat.h>
-#include <sys/un.h>
 
+#include "common/ipc/listen.h"
 #include "common/ipc/msg.h"
 #include "supervisor/supervisor.h"
 
@@ -127,26 +126,10 @@ int ctl_server_start(CtlServer *srv, Supervisor *s, const char *path, int take_f
         _cleanup_close_ int fd = take_fd;
         srv->sup = s;
         srv->fd = -EBADF;
-        if (fd < 0) {
-                struct sockaddr_un sa = { .sun_family = AF_UNIX };
-                if (strlen(path) >= sizeof(sa.sun_path))
-                        return -ENAMETOOLONG;
-                strcpy(sa.sun_path, path);
-                fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-                if (fd < 0)
-                        return -errno;
-                /* A socket left by a supervisor that died is stale; a live
-                 * one would answer connect(). */
-                _cleanup_close_ int probe = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-                if (probe >= 0 && connect(probe, (struct sockaddr *) &sa, sizeof(sa)) == 0)
-                        return -EADDRINUSE;
-                unlink(path);
-                mode_t old = umask(0177);
-                int r = bind(fd, (struct sockaddr *) &sa, sizeof(sa));
-                umask(old);
-                if (r < 0 || chmod(path, 0600) < 0 || listen(fd, 64) < 0)
-                        return -errno;
-        }
+        if (fd < 0)
+                fd = ipc_listen_unix(path, SOCK_SEQPACKET, false);
+        if (fd < 0)
+                return fd;
         int r = uv_poll_init(s->loop, &srv->poll, fd);
         if (r < 0)
                 return r;

@@ -4,12 +4,15 @@
  * takeover". */
 #include "supervisor/supervisor.h"
 
+#include "common/ipc/listen.h"
+
 #include <getopt.h>
 #include <limits.h>
 #include <signal.h>
 #include <sys/stat.h>
 
 #define DEFAULT_ROOT "/var/lib/holdfast"
+#define DEFAULT_SNAPSHOTTER_SOCKET "/run/holdfast/snapshotter.sock"
 #define WORKER_NAME "holdfast-worker"
 
 static const char help[] =
@@ -23,8 +26,13 @@ static const char help[] =
 "                             SECONDS, keeping the mounts (default 10/60; 0: never)\n"
 "  --restart-delay-max MS     longest wait between respawns (default 5000)\n"
 "  --no-standby               keep no standby worker ready to take over\n"
+"  --snapshotter-socket PATH  serve containerd's snapshots API (a proxy snapshotter)\n"
+"                             on PATH (default " DEFAULT_SNAPSHOTTER_SOCKET ")\n"
+"  --no-snapshotter           serve no snapshotter socket\n"
 "  --help                     show this help\n"
 "\n"
+"The supervisor owns the snapshotter socket: a worker that dies or is upgraded\n"
+"never refuses containerd, whose connections wait in the socket's backlog.\n"
 "SIGTERM and SIGINT drain the worker and stop. Mounts are detached unless\n"
 "systemd runs the supervisor: then their fds stay in its fdstore.\n";
 
@@ -70,7 +78,23 @@ static void on_signal(uv_signal_t *h, int signum) {
 }
 
 /* Everything between the options and the loop. */
-static int start(Supervisor *s, const char *root, const char *worker, int restore_fd, ErrMsg *err) {
+/* containerd's socket, unless the fdstore gave it back. Without it the
+ * mounts are still served: a failure is logged, not fatal. */
+static void snapshotter_listen(Supervisor *s, const char *path) {
+        if (!path || s->snap_fd >= 0)
+                return;
+        s->snap_fd = ipc_listen_unix(path, SOCK_STREAM, true);
+        if (s->snap_fd < 0) {
+                log_error_errno(s->snap_fd, "cannot serve the snapshotter on %s%s", path,
+                                s->snap_fd == -EADDRINUSE ? " (another snapshotter answers there)" : "");
+                return;
+        }
+        log_info("containerd's snapshotter socket: %s", path);
+        sd_store_snapshotter(s);
+}
+
+static int start(Supervisor *s, const char *root, const char *worker, const char *snap_path, int restore_fd,
+                 ErrMsg *err) {
         char self[PATH_MAX];
         ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
         if (n <= 0)
@@ -104,6 +128,7 @@ static int start(Supervisor *s, const char *root, const char *worker, int restor
                 log_error("cannot take the mounts back from the fdstore: %s", err->text);
         else if (r > 0)
                 log_info("took %d mounts back from the fdstore", r);
+        snapshotter_listen(s, snap_path);
         _cleanup_free_ char *sock = NULL;
         if (asprintf(&sock, "%s/supervisor.sock", s->root) < 0)
                 return errmsg_set(err, -ENOMEM, "out of memory");
@@ -128,15 +153,17 @@ int main(int argc, char **argv) {
                 { "restart-delay-max", required_argument, NULL, 'd' },
                 { "restore-fd", required_argument, NULL, 'R' },
                 { "no-standby", no_argument, NULL, 'S' },
+                { "snapshotter-socket", required_argument, NULL, 's' },
+                { "no-snapshotter", no_argument, NULL, 'N' },
                 { "help", no_argument, NULL, 'h' },
                 {},
         };
         static Supervisor sup = {
                 .restart_burst = 10, .restart_interval_ms = 60000, .delay_max_ms = 5000, /* see help */
-                .want_standby = true, .prev_inflight_fd = -EBADF,
+                .want_standby = true, .prev_inflight_fd = -EBADF, .snap_fd = -EBADF,
         };
         Supervisor *s = &sup;
-        const char *root = DEFAULT_ROOT, *worker = NULL;
+        const char *root = DEFAULT_ROOT, *worker = NULL, *snap_path = DEFAULT_SNAPSHOTTER_SOCKET;
         int restore_fd = -1, c;
         uint64_t secs;
         char tail;
@@ -157,6 +184,12 @@ int main(int argc, char **argv) {
                         break;
                 case 'R': restore_fd = atoi(optarg); break;
                 case 'S': s->want_standby = false; break;
+                case 's':
+                        if (optarg[0] != '/')
+                                return bad_usage("--snapshotter-socket wants an absolute path, got", optarg);
+                        snap_path = optarg;
+                        break;
+                case 'N': snap_path = NULL; break;
                 case 'h': fputs(help, stdout); return 0;
                 default: fputs(help, stderr); return 2;
                 }
@@ -171,7 +204,7 @@ int main(int argc, char **argv) {
         uv_loop_init(&loop);
         s->loop = &loop;
         ErrMsg err = {};
-        if (start(s, root, worker, restore_fd, &err) < 0) {
+        if (start(s, root, worker, snap_path, restore_fd, &err) < 0) {
                 log_error("%s", err.text);
                 return 1;
         }
@@ -181,6 +214,7 @@ int main(int argc, char **argv) {
         uv_run(&loop, UV_RUN_DEFAULT);
         uv_loop_close(&loop);
         closep(&s->prev_inflight_fd);
+        closep(&s->snap_fd);
         free(s->root);
         free(s->worker_path);
         free(s->self_path);

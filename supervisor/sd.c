@@ -9,6 +9,7 @@
 
 #define STATE_FDNAME "holdfast-state"
 #define MOUNT_FDNAME "holdfast-mount-"
+#define SNAP_FDNAME "holdfast-snapshotter"
 
 static void on_watchdog(_unused_ uv_timer_t *t) {
         sd_notify(0, "WATCHDOG=1");
@@ -49,6 +50,14 @@ void sd_forget_mount(uint64_t id) {
         sd_notifyf(0, "FDSTOREREMOVE=1\nFDNAME=" MOUNT_FDNAME "%" PRIu64, id);
 }
 
+void sd_store_snapshotter(Supervisor *s) {
+        if (s->snap_fd < 0)
+                return;
+        int r = sd_pid_notify_with_fds(0, 0, "FDSTORE=1\nFDNAME=" SNAP_FDNAME, &s->snap_fd, 1);
+        if (r < 0)
+                log_error_errno(r, "cannot store the snapshotter socket in the fdstore");
+}
+
 void sd_store_state(Supervisor *s) {
         if (!s->under_systemd)
                 return; /* not worth a state_save() */
@@ -86,6 +95,8 @@ int sd_restore(Supervisor *s, ErrMsg *err) {
                         m = mount_table_find(&s->mounts, id);
                 if (m && m->fd < 0)
                         m->fd = TAKE_FD(fd);
+                else if (strcmp(names[i], SNAP_FDNAME) == 0 && s->snap_fd < 0)
+                        s->snap_fd = TAKE_FD(fd);
                 else if (fd != state_fd) {
                         log_warning("fdstore entry %s has no record; dropping it", names[i]);
                         sd_notifyf(0, "FDSTOREREMOVE=1\nFDNAME=%s", names[i]);

@@ -38,6 +38,7 @@ static int encode(Supervisor *s, const CtlConn *c, FILE *f) {
                 .worker_inflight_fd = w ? w->inflight_fd : -1, .worker_pid = w ? w->pid : 0,
                 .worker_generation = w ? w->generation : 0, .worker_serving_ms = w ? w->serving_ms : 0,
                 .n_mounts = (uint32_t) s->mounts.count,
+                .snapshotter_fd = c ? s->snap_fd : -1, .has_snapshotter = true,
         };
         uint32_t version = STATE_VERSION;
         pb_ostream_t os = { .callback = write_file, .state = f, .max_size = SIZE_MAX };
@@ -170,7 +171,8 @@ void state_drop_fdless(Supervisor *s, const char *why) {
  * is the only fd flag. */
 static void set_cloexec_all(Supervisor *s, const CtlConn *c, int memfd, bool on) {
         Worker *w = s->current;
-        int fds[] = { s->ctl.fd, c->fd, w ? w->pidfd : -1, w ? w->sock : -1, w ? w->inflight_fd : -1, memfd };
+        int fds[] = { s->ctl.fd, c->fd, w ? w->pidfd : -1, w ? w->sock : -1, w ? w->inflight_fd : -1, memfd,
+                      s->snap_fd };
         for (size_t i = 0; i < ELEMENTSOF(fds); i++)
                 if (fds[i] >= 0)
                         fcntl(fds[i], F_SETFD, on ? FD_CLOEXEC : 0);
@@ -230,10 +232,14 @@ int supervisor_restore(Supervisor *s, int state_fd, ErrMsg *err) {
                 if (m->fd >= 0 && fcntl(m->fd, F_SETFD, FD_CLOEXEC) < 0)
                         m->fd = -EBADF;
         state_drop_fdless(s, "lost its fd across exec");
-        int fds[] = { st.listen_fd, st.reply_fd, st.worker_pidfd, st.worker_sock, st.worker_inflight_fd };
+        if (!st.has_snapshotter)
+                st.snapshotter_fd = -1;
+        int fds[] = { st.listen_fd, st.reply_fd, st.worker_pidfd, st.worker_sock, st.worker_inflight_fd,
+                      st.snapshotter_fd };
         for (size_t i = 0; i < ELEMENTSOF(fds); i++)
                 if (fds[i] >= 0 && fcntl(fds[i], F_SETFD, FD_CLOEXEC) < 0)
                         return errmsg_set(err, -EBADF, "fd %d did not survive the exec", fds[i]);
+        s->snap_fd = st.snapshotter_fd;
         r = ctl_server_start(&s->ctl, s, NULL, st.listen_fd);
         if (r < 0)
                 return errmsg_set(err, r, "control socket: %s", strerror(-r));

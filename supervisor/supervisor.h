@@ -27,6 +27,9 @@ typedef struct Supervisor {
 
         MountTable mounts;
         CtlServer ctl;
+        int snap_fd;               /* owned; containerd's snapshotter socket,
+                                    * listening (every worker gets a copy and
+                                    * serves it from WorkerGo), or -1 */
 
         /* Neither is ever an exited worker: supervisor_on_worker_exit()
          * forgets it first. */
@@ -115,6 +118,8 @@ void sd_ready(Supervisor *s);
 void sd_status(Supervisor *s);
 void sd_store_mount(const Mount *m);
 void sd_forget_mount(uint64_t id);
+/* The snapshotter socket (FDNAME=holdfast-snapshotter). */
+void sd_store_snapshotter(Supervisor *s);
 /* Replaces the holdfast-state memfd in the store with the current records. */
 void sd_store_state(Supervisor *s);
 /* Takes the mounts back from LISTEN_FDS after systemd restarted us.

@@ -232,7 +232,8 @@ int worker_load(Worker *w) {
         holdfast_Envelope e = { .which_msg = holdfast_Envelope_worker_start_tag,
                                 .msg.worker_start = { .generation = w->generation, .n_mounts = s->mounts.count } };
         snprintf(e.msg.worker_start.root, sizeof(e.msg.worker_start.root), "%s", s->root);
-        int r = send_env(w, &e, -1);
+        e.msg.worker_start.snapshotter = s->snap_fd >= 0;
+        int r = send_env(w, &e, s->snap_fd);
         for (Mount *m = s->mounts.head; m && r >= 0; m = m->next)
                 r = send_record(w, m);
         if (r < 0)

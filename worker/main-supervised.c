@@ -3,7 +3,8 @@
  *
  *      open the store (a secondary: no lock)
  *   -> WorkerReady{pid} + our in-flight table (memfd)
- *   <- WorkerStart, MountRecord (+fd) per mount
+ *   <- WorkerStart (+ containerd's snapshotter socket, if the supervisor
+ *      serves one), MountRecord (+fd) per mount
  *   <- MountRecord | Unmount       any number: the hold (a standby)
  *   -> Warm                        once the announced records came and their
  *                                  layers were opened from the store
@@ -13,9 +14,12 @@
  *      may be in flight, serve; new ones: open the layer, wait for
  *      FUSE_INIT)
  *   -> MountStatus for each adopted connection that failed, then Serving;
- *      a MountStatus for each new one after its FUSE_INIT
+ *      a MountStatus for each new one after its FUSE_INIT; the
+ *      snapshotter starts serving (main-snapshotter.c)
  *   <- MountRecord (new mount) | Unmount | Drain, any number of times
- *   -> Drained after Drain (also during the hold), then exit 0
+ *   -> Drained after Drain (also during the hold; the snapshotter's calls
+ *      in flight are answered first, while the mounts are still served),
+ *      then exit 0
  *
  * Anything undecodable, unexpected or out of range from the supervisor is
  * logged and ends the worker with status 1: the supervisor then replaces
@@ -53,6 +57,8 @@ typedef struct Supervised {
         LayerEnv *env;           /* owned; opens layers with store */
         FuseLayerOps layer_ops;
         FuseServer *srv;         /* owned */
+        int snap_fd;             /* owned; the snapshotter socket until WorkerGo */
+        SnapNode *snap;          /* owned; from WorkerGo */
 } Supervised;
 
 static int send_env_fd(Supervised *w, holdfast_Envelope *e, int fd) {
@@ -510,8 +516,10 @@ static int startup(Supervised *w, holdfast_Envelope *e, const WorkerArgs *args) 
         r = recv_env(w, e, &fd);
         if (r < 0)
                 return r;
-        if (e->which_msg != holdfast_Envelope_worker_start_tag || fd >= 0)
-                return unexpected(e, "WorkerStart", fd);
+        if (e->which_msg != holdfast_Envelope_worker_start_tag ||
+            (fd >= 0) != e->msg.worker_start.snapshotter)
+                return unexpected(e, "WorkerStart (with an fd when, and only when, snapshotter is set)", fd);
+        w->snap_fd = fd;
         holdfast_WorkerStart ws = e->msg.worker_start;
         if (ws.n_mounts > MAX_MOUNTS) {
                 log_error("Protocol error: WorkerStart announces %" PRIu32 " mounts", ws.n_mounts);
@@ -560,6 +568,8 @@ static int startup(Supervised *w, holdfast_Envelope *e, const WorkerArgs *args) 
                         r = go(w, &h, e->msg.worker_go.takeover, e->msg.worker_go.drained, fd);
                         if (fd >= 0)
                                 close(fd);
+                        if (r >= 0 && w->snap_fd >= 0 && snap_node_start(args->root, TAKE_FD(w->snap_fd), &w->snap) < 0)
+                                log_error("containerd's snapshotter is not served by this worker");
                         if (r >= 0)
                                 r = 1;
                         break;
@@ -623,7 +633,7 @@ static int serve(Supervised *w, holdfast_Envelope *e) {
 }
 
 int worker_run_supervised(const WorkerArgs *args) {
-        Supervised w = { .sock = args->supervisor_fd };
+        Supervised w = { .sock = args->supervisor_fd, .snap_fd = -EBADF };
         pthread_mutex_init(&w.send_lock, NULL);
         int r = worker_env_open(args->root, &w.store, &w.env);
         if (r < 0)
@@ -685,6 +695,7 @@ int worker_run_supervised(const WorkerArgs *args) {
          * exit, so every millisecond here is a stall. Nothing is lost by
          * not tearing down: each store write was synced to RocksDB's WAL
          * before it returned, and the kernel drops the store's lock. */
+        snap_node_drain(w.snap);
         fuse_server_stop(w.srv);
         memset(e, 0, sizeof(*e));
         e->which_msg = holdfast_Envelope_drained_tag;
@@ -696,6 +707,8 @@ int worker_run_supervised(const WorkerArgs *args) {
         }
 out:
         /* Stop the threads before anything they use goes away. */
+        w.snap = snap_node_free(w.snap);
+        closep(&w.snap_fd);
         w.preload = preload_end(w.preload);
         w.srv = fuse_server_free(w.srv);
         w.env = worker_env_close(w.env);

@@ -41,5 +41,16 @@ FuseLayerOps worker_layer_ops(LayerEnv *env);
 int worker_layer_open(void *userdata, const char *source, Layer **ret_layer, void **ret_handle, ErrMsg *err);
 void worker_layer_close(void *userdata, void *handle);
 
+/* containerd's snapshotter (main-snapshotter.c): served on take_listen_fd
+ * from a thread that opens ROOT/snapshotter first; its remote snapshots
+ * are mounts the supervisor at ROOT/supervisor.sock makes. */
+typedef struct SnapNode SnapNode;
+int snap_node_start(const char *root, int take_listen_fd, SnapNode **ret);
+/* Stops accepting and waits a moment for the calls in flight: for a
+ * worker that exits right after. */
+void snap_node_drain(SnapNode *n);
+/* NULL-safe; returns NULL. Calls in flight are cancelled. */
+SnapNode *snap_node_free(SnapNode *n);
+
 int worker_run_supervised(const WorkerArgs *args);
 int worker_run_standalone(const WorkerArgs *args);

@@ -12,7 +12,7 @@
 
 #include "common/util/macro.h"
 #include "supervisor/ctl/ctl.h"
-#include "supervisor/ctl/daemon-client.h"
+#include "common/ipc/ctl-client.h"
 
 #define DAEMON_NOTES \
 "\n" \
@@ -48,7 +48,7 @@ static int parse_simple(const char *cmd, int argc, char **argv, void (*help)(voi
 /* Sends req; on any failure prints why and returns the exit code. */
 static int call(const char *cmd, const holdfast_CtlRequest *req, DaemonReply *ret) {
         const char *what;
-        int r = daemon_call(req, ret, &what);
+        int r = daemon_call(ctl_root, req, 0, ret, &what);
         if (r < 0) {
                 if (strcmp(what, "connect") == 0)
                         ctl_error("cannot reach the supervisor at %s/supervisor.sock: %s", ctl_root, strerror(-r));

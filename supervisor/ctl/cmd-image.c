@@ -23,7 +23,7 @@
 #include "common/util/macro.h"
 #include "common/util/strbuf.h"
 #include "supervisor/ctl/ctl.h"
-#include "supervisor/ctl/daemon-client.h"
+#include "common/ipc/ctl-client.h"
 #include "worker/fetch/registry.h"
 
 static bool tty;
@@ -48,7 +48,7 @@ static int ctl_request(holdfast_CtlRequest_Op op, const char *source, const char
         snprintf(req.mountpoint, sizeof(req.mountpoint), "%s", mountpoint);
         DaemonReply d;
         const char *what;
-        int r = daemon_call(&req, &d, &what);
+        int r = daemon_call(ctl_root, &req, 0, &d, &what);
         if (r < 0) {
                 snprintf(msg, msg_size, "cannot reach the supervisor at %s/supervisor.sock (%s: %s)", ctl_root,
                          what, strerror(-r));

@@ -47,4 +47,7 @@ void help_image(void);
 /* "4194304", "64k", "4M", "4MiB", "1G" -> bytes. -EINVAL when malformed. */
 int parse_size(const char *s, uint64_t *ret);
 
+/* Root given with the global --root option (default DEFAULT_ROOT). */
+extern const char *ctl_root;
+
 void ctl_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -5,9 +5,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/ipc/ctl-client.h"
 #include "common/util/macro.h"
 #include "supervisor/ctl/ctl.h"
-#include "supervisor/ctl/daemon-client.h"
 
 static const CtlCommand commands[] = {
         { "convert", "turn a layer tar into an eStargz blob", cmd_convert, help_convert },
@@ -86,6 +86,8 @@ static void help(FILE *f) {
 "  3  the input is malformed or does not verify (bad footer or TOC, digest\n"
 "     mismatch, corrupt data)\n");
 }
+
+const char *ctl_root = DEFAULT_ROOT;
 
 int main(int argc, char **argv) {
         while (argc >= 2 && (strcmp(argv[1], "--root") == 0 || strncmp(argv[1], "--root=", 7) == 0)) {

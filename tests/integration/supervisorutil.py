@@ -184,6 +184,9 @@ class SupervisorProc:
 
     def start(self, timeout=20):
         cmd = [supervisor_path(), "--root", self.root, "--worker", self.worker] + self.extra_args
+        if not any(a.startswith(("--snapshotter-socket", "--no-snapshotter")) for a in self.extra_args):
+            # never the node's own /run/holdfast/snapshotter.sock
+            cmd += ["--snapshotter-socket", os.path.join(self.root, "snapshotter.sock")]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         deadline = time.monotonic() + timeout

@@ -18,8 +18,6 @@ stopped by pid, every mount under the private directory unmounted, also
 when a test fails."""
 
 import gzip
-import hashlib
-import io
 import json
 import os
 import shutil
@@ -28,7 +26,6 @@ import socket
 import struct
 import subprocess
 import sys
-import tarfile
 import tempfile
 import threading
 import time
@@ -41,6 +38,10 @@ sys.path.insert(0, HERE)
 
 import pbwire  # noqa: E402
 import registryutil  # noqa: E402
+from containerdutil import BUSYBOX, CONTAINERD, CTR, CTR_REMOTE, Containerd  # noqa: E402
+from containerdutil import chain_ids as _chain_ids, mounts_under as _mounts_under  # noqa: E402
+from containerdutil import popen as _popen, read_text as _read, stop_proc as _stop  # noqa: E402
+from containerdutil import tar_gz as _tar_gz, unmount_all as _unmount_all  # noqa: E402
 
 grpc = pytest.importorskip("grpc")
 h2conn = pytest.importorskip("h2.connection")
@@ -50,46 +51,12 @@ import h2.exceptions  # noqa: E402
 
 SERVE = os.environ.get("HOLDFAST_SNAPSHOTTER_SERVE",
                        os.path.join(SRCROOT, "build", "tests", "integration", "snapshotter-serve"))
-CONTAINERD = "/usr/bin/containerd"
-CTR = "/usr/bin/ctr"
-CTR_REMOTE = "/usr/bin/ctr-remote"
-BUSYBOX = "/bin/busybox"
 SVC = "/containerd.services.snapshots.v1.Snapshots/"
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (containerd, overlay mounts)")
 
 
 # --- processes -----------------------------------------------------------------
-
-def _popen(cmd, log_path, **kw):
-    """Starts cmd with PR_SET_PDEATHSIG (it dies with this process even if
-    pytest is killed before its teardown) in its own session."""
-    log = open(log_path, "ab")
-    try:
-        return subprocess.Popen(["setpriv", "--pdeathsig", "KILL", "--"] + cmd, stdin=subprocess.DEVNULL,
-                                stdout=kw.pop("stdout", log), stderr=log, start_new_session=True, **kw)
-    finally:
-        log.close()
-
-
-def _stop(proc, sig=signal.SIGTERM, timeout=15):
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(sig)
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=10)
-
-
-def _read(path):
-    try:
-        with open(path, "rb") as f:
-            return f.read().decode(errors="replace")
-    except OSError:
-        return ""
-
 
 class Serve:
     """One snapshotter-serve on `sock` with its root `root`."""
@@ -126,122 +93,7 @@ class Serve:
         return _read(self.log)
 
 
-class Containerd:
-    """Debian's containerd with everything under `base`."""
-
-    def __init__(self, base, proxies):
-        self.base = base
-        self.sock = os.path.join(base, "containerd.sock")
-        self.log = os.path.join(base, "containerd.log")
-        self.config = os.path.join(base, "containerd.toml")
-        lines = [
-            "version = 2",
-            'root = "%s"' % os.path.join(base, "cd-root"),
-            'state = "%s"' % os.path.join(base, "cd-state"),
-            'disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.internal.v1.opt",'
-            ' "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.zfs",'
-            ' "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.aufs"]',
-            "[grpc]",
-            '  address = "%s"' % self.sock,
-            "[ttrpc]",
-            '  address = "%s.ttrpc"' % self.sock,
-            "[proxy_plugins]",
-        ]
-        for name, address in proxies.items():
-            lines += ["  [proxy_plugins.%s]" % name, '    type = "snapshot"', '    address = "%s"' % address]
-        with open(self.config, "w") as f:
-            f.write("\n".join(lines) + "\n")
-        self.proc = None
-        self.namespaces = set()
-
-    def start(self, timeout=30):
-        self.proc = _popen([CONTAINERD, "--config", self.config], self.log)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, "containerd exited:\n" + _read(self.log)[-4000:]
-            if os.path.exists(self.sock) and self.ctr("version", check=False, timeout=5).returncode == 0:
-                return self
-            time.sleep(0.1)
-        raise AssertionError("containerd not ready:\n" + _read(self.log)[-4000:])
-
-    def ctr(self, *args, ns="default", check=True, timeout=120, tool=CTR, input=None):
-        self.namespaces.add(ns)
-        p = subprocess.run([tool, "-a", self.sock, "-n", ns] + list(args), stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, timeout=timeout, input=input)
-        if check and p.returncode != 0:
-            raise AssertionError("ctr %s failed (%d): %s\n%s\ncontainerd log:\n%s" % (
-                " ".join(args), p.returncode, p.stdout.decode(errors="replace"),
-                p.stderr.decode(errors="replace"), _read(self.log)[-3000:]))
-        return p
-
-    def stop(self):
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            # Tasks first: their shims are containerd's children, stopped
-            # through containerd.
-            for ns in sorted(self.namespaces):
-                try:
-                    tasks = self.ctr("tasks", "ls", "-q", ns=ns, check=False, timeout=20).stdout.split()
-                    for t in tasks:
-                        self.ctr("tasks", "kill", "-s", "KILL", t.decode(), ns=ns, check=False, timeout=20)
-                        self.ctr("tasks", "rm", "-f", t.decode(), ns=ns, check=False, timeout=20)
-                    for c in self.ctr("containers", "ls", "-q", ns=ns, check=False, timeout=20).stdout.split():
-                        self.ctr("containers", "rm", c.decode(), ns=ns, check=False, timeout=20)
-                except (subprocess.TimeoutExpired, OSError):
-                    pass
-        _stop(self.proc)
-        self.proc = None
-
-
-def _mounts_under(base):
-    out = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            mp = line.split()[4].encode().decode("unicode_escape")
-            if mp == base or mp.startswith(base + "/"):
-                out.append(mp)
-    return out
-
-
-def _unmount_all(base):
-    # Bounded: each round unmounts what it sees, deepest first.
-    for _ in range(5):
-        mps = _mounts_under(base)
-        if not mps:
-            return
-        for mp in sorted(mps, key=len, reverse=True):
-            subprocess.run(["umount", "-l", mp], stderr=subprocess.DEVNULL, timeout=30)
-
-
 # --- the image -----------------------------------------------------------------
-
-def _tar_gz(entries):
-    """entries: (name, "dir", mode) | (name, "file", bytes, mode) |
-    (name, "link", target)."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as t:
-        for e in entries:
-            ti = tarfile.TarInfo(e[0])
-            ti.mtime = 1_700_000_000
-            if e[1] == "dir":
-                ti.type, ti.mode = tarfile.DIRTYPE, e[2]
-                t.addfile(ti)
-            elif e[1] == "file":
-                ti.size, ti.mode = len(e[2]), e[3]
-                t.addfile(ti, io.BytesIO(e[2]))
-            else:
-                ti.type, ti.linkname, ti.mode = tarfile.SYMTYPE, e[2], 0o777
-                t.addfile(ti)
-    return gzip.compress(buf.getvalue(), mtime=0)
-
-
-def _chain_ids(diff_ids):
-    chain = [diff_ids[0]]
-    for d in diff_ids[1:]:
-        chain.append("sha256:" + hashlib.sha256((chain[-1] + " " + d).encode()).hexdigest())
-    return chain
-
 
 def build_image(registry):
     with open(BUSYBOX, "rb") as f:

@@ -1,19 +1,18 @@
 /* The control-socket client (daemon-client.h). Blocking; one request per
  * connection. */
-#include "supervisor/ctl/daemon-client.h"
+#include "common/ipc/ctl-client.h"
 
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #include "common/ipc/msg.h"
 #include "common/util/macro.h"
-
-const char *ctl_root = DEFAULT_ROOT;
 
 void daemon_reply_done(DaemonReply *r) {
         free(r->mounts);
@@ -21,16 +20,20 @@ void daemon_reply_done(DaemonReply *r) {
         r->n_mounts = 0;
 }
 
-int daemon_call(const holdfast_CtlRequest *req, DaemonReply *ret, const char **ret_what) {
+int daemon_call(const char *root, const holdfast_CtlRequest *req, unsigned timeout_ms, DaemonReply *ret,
+                const char **ret_what) {
         struct sockaddr_un sa = { .sun_family = AF_UNIX };
         *ret_what = "connect";
-        if ((size_t) snprintf(sa.sun_path, sizeof(sa.sun_path), "%s/supervisor.sock", ctl_root) >=
+        if ((size_t) snprintf(sa.sun_path, sizeof(sa.sun_path), "%s/supervisor.sock", root) >=
             sizeof(sa.sun_path))
                 return -ENAMETOOLONG;
         _cleanup_close_ int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
         if (fd < 0)
                 return -errno;
         if (connect(fd, (struct sockaddr *) &sa, sizeof(sa)) < 0)
+                return -errno;
+        struct timeval tv = { .tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000 };
+        if (timeout_ms && setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) < 0)
                 return -errno;
         holdfast_Envelope *e = calloc(1, sizeof(*e));
         if (!e)

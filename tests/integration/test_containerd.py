@@ -1,0 +1,321 @@
+"""holdfast as containerd's snapshotter on a node: the real supervisor and
+worker (the supervisor owns the snapshotter socket and every FUSE
+connection), Debian's containerd 1.6 and runc, ctr-remote from Debian's
+stargz-snapshotter, and docker-registry on 127.0.0.1 behind
+tests/integration/faultproxy.py (which counts the bytes served).
+
+The image: a busybox layer and a data layer (a 24 MiB random file, 300
+small files), pushed as plain gzip, then converted to eStargz by
+`ctr-remote images convert --estargz --oci` in a namespace of its own
+(through containerd's overlayfs) and pushed back. The tests pull it with
+`ctr-remote images rpull --snapshotter holdfast` and run containers on
+it with `ctr run --snapshotter holdfast`, checking their output: lazily
+(bytes fetched), with writes (the upper directory), with a plain gzip image
+(the fallback), across worker kills, an upgrade, a containerd restart and a
+supervisor re-exec while a container reads, and removal (the FUSE mounts
+go with the snapshots).
+
+Needs root. Every process started here is stopped by pid, every mount
+under the private directory unmounted, also when a test fails."""
+
+import gzip
+import hashlib
+import json
+import os
+import random
+import shutil
+import socket
+import sys
+import tempfile
+import time
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import registryutil  # noqa: E402
+import supervisorutil as su  # noqa: E402
+from containerdutil import (BUSYBOX, CONTAINERD, CTR, CTR_REMOTE, Containerd, mounts_under,  # noqa: E402
+                            read_text, stop_proc, tar_gz, unmount_all)
+from faultproxy import FaultProxy  # noqa: E402
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (containerd, FUSE and overlay mounts)")
+
+BIG_SIZE = 24 << 20
+N_SMALL = 300
+APPLETS = ["sh", "cat", "ls", "echo", "test", "sleep", "mkdir", "rm", "sha256sum", "cut", "wc", "seq", "find",
+           "xargs", "sort", "head"]
+
+
+def _image_layers():
+    with open(BUSYBOX, "rb") as f:
+        bb = f.read()
+    rnd = random.Random(7)
+    big = rnd.randbytes(BIG_SIZE)
+    small = {"data/small/f%03d" % i: (("small file %d\n" % i) * (1 + i % 50)).encode() for i in range(N_SMALL)}
+    l1 = tar_gz([("bin", "dir", 0o755), ("bin/busybox", "file", bb, 0o755)] +
+                [("bin/" + a, "link", "busybox") for a in APPLETS] +
+                [("tmp", "dir", 0o1777), ("etc", "dir", 0o755), ("etc/hello", "file", b"hello from holdfast\n", 0o644)])
+    l2 = tar_gz([("data", "dir", 0o755), ("data/small", "dir", 0o755), ("data/big", "file", big, 0o644)] +
+                [(k, "file", v, 0o644) for k, v in small.items()])
+    expect = {
+        "big": hashlib.sha256(big).hexdigest(),
+        # what `cat /data/small/* | sha256sum` prints: the files in name order
+        "small": hashlib.sha256(b"".join(small[k] for k in sorted(small))).hexdigest(),
+    }
+    return [l1, l2], expect
+
+
+def _supervisor_mounts(sup):
+    _, out, _ = sup.ctl("status", "--json")
+    return json.loads(out)["mounts"]
+
+
+class Node:
+    def __init__(self, base, registry, proxy, sup, cd, refs, expect, layer_bytes):
+        self.base, self.registry, self.proxy, self.sup, self.cd = base, registry, proxy, sup, cd
+        self.refs, self.expect, self.layer_bytes = refs, expect, layer_bytes
+
+    def ctr(self, *args, **kw):
+        return self.cd.ctr(*args, **kw)
+
+    def rpull(self, ref, ns):
+        return self.ctr("images", "rpull", "--plain-http", "--snapshotter", "holdfast", ref, ns=ns, tool=CTR_REMOTE,
+                        timeout=180)
+
+    def run(self, ns, ref, name, *cmd, timeout=120):
+        p = self.ctr("run", "--rm", "--snapshotter", "holdfast", ref, name, *cmd, ns=ns, timeout=timeout)
+        return p.stdout.decode(errors="replace")
+
+    def lazy_mounts(self):
+        return [m for m in _supervisor_mounts(self.sup) if "/snapshotter/snapshots/" in m["mountpoint"]]
+
+    def restart_containerd(self):
+        """Stops containerd (by pid; the containers' shims live on) and
+        starts it again on the same state."""
+        stop_proc(self.cd.proc)
+        self.cd.proc = None
+        self.cd.start()
+
+
+@pytest.fixture(scope="module")
+def node():
+    for tool in (CONTAINERD, CTR, CTR_REMOTE, BUSYBOX, "/usr/sbin/runc", su.supervisor_path(), su.worker_path()):
+        if not os.access(tool, os.X_OK):
+            pytest.fail("%s missing (packaging/install-deps installs it; meson builds ours)" % tool)
+    # Short: unix socket paths are at most 107 bytes.
+    base = tempfile.mkdtemp(prefix="hf-node-", dir="/tmp")
+    registry = proxy = sup = cd = None
+    try:
+        registry = registryutil.Registry().start()
+        proxy = FaultProxy(registry.url).start()
+        layers, expect = _image_layers()
+        config = {"architecture": "amd64", "os": "linux",
+                  "config": {"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"]},
+                  "rootfs": {"type": "layers",
+                             "diff_ids": [registryutil.sha256_digest(gzip.decompress(d))
+                                          for d in layers]},
+                  "history": [{"created_by": "holdfast tests"} for _ in layers]}
+        registryutil.push_image(registry, "holdfast/app", "gzip", [registryutil.Layer(d) for d in layers],
+                                config=config)
+        snap_sock = os.path.join(base, "snap.sock")
+        sup = su.SupervisorProc(base, ["--snapshotter-socket", snap_sock]).start()
+        cd = Containerd(base, {"holdfast": snap_sock}).start()
+        gz = "%s/holdfast/app:gzip" % proxy.host
+        esgz = "%s/holdfast/app:esgz" % proxy.host
+        # The conversion, as a user does it: through containerd's own
+        # snapshotter, in a namespace the tests do not pull into.
+        cd.ctr("images", "pull", "--plain-http", gz, ns="convert", timeout=180)
+        cd.ctr("images", "convert", "--estargz", "--oci", gz, esgz, ns="convert", tool=CTR_REMOTE, timeout=300)
+        cd.ctr("images", "push", "--plain-http", esgz, ns="convert", timeout=180)
+        manifest = registryutil.registry_get(registry.url + "/v2/holdfast/app/manifests/esgz", headers={
+            "Accept": "application/vnd.oci.image.manifest.v1+json"}).json()
+        annotated = [l for l in manifest["layers"]
+                     if "containerd.io/snapshot/stargz/toc.digest" in l.get("annotations", {})]
+        assert len(annotated) == len(layers), manifest
+        layer_bytes = sum(l["size"] for l in manifest["layers"])
+        yield Node(base, registry, proxy, sup, cd, {"gzip": gz, "esgz": esgz}, expect, layer_bytes)
+    finally:
+        if cd:
+            cd.stop()
+        if sup:
+            sup.cleanup()
+        unmount_all(base)
+        if proxy:
+            proxy.stop()
+        if registry:
+            registry.stop()
+        if not mounts_under(base):
+            shutil.rmtree(base, ignore_errors=True)
+
+
+def test_rpull_is_lazy_and_runs(node):
+    node.proxy.stats(reset=True)
+    node.rpull(node.refs["esgz"], ns="lazy")
+    mounts = node.lazy_mounts()
+    assert len(mounts) == 2, (mounts, node.sup.log()[-3000:])
+    assert all(m["served"] and "@sha256:" in m["source"] and "#toc=sha256:" in m["source"] for m in mounts), mounts
+    out = node.run("lazy", node.refs["esgz"], "hello", "cat", "/etc/hello")
+    assert out == "hello from holdfast\n"
+    st = node.proxy.stats()
+    fetched = st["bytes_sent"]
+    # manifests, the config, each layer's footer and TOC, the chunks of
+    # /etc/hello and busybox: far from the 24 MiB data layer
+    assert fetched < node.layer_bytes // 4, (fetched, node.layer_bytes, st["requests"])
+    assert st["requests"].get("blob_get", 0) == 0, st["requests"]   # no whole-layer download
+    print("rpull + first run fetched %d of %d layer bytes (%.1f%%), requests %r" % (
+        fetched, node.layer_bytes, 100.0 * fetched / node.layer_bytes, st["requests"]))
+
+    # every byte through the FUSE lower and the overlay
+    out = node.run("lazy", node.refs["esgz"], "sums", "sh", "-c",
+                   "sha256sum /data/big | cut -d' ' -f1; cat /data/small/* | sha256sum | cut -d' ' -f1")
+    assert out.split() == [node.expect["big"], node.expect["small"]]
+
+
+def test_container_writes_its_upper_dir(node):
+    node.rpull(node.refs["esgz"], ns="lazy")
+    out = node.run("lazy", node.refs["esgz"], "writer", "sh", "-c",
+                   "echo written > /tmp/new && cat /tmp/new && echo more >> /etc/hello && cat /etc/hello "
+                   "&& rm /data/small/f000 && ls /data/small | wc -l")
+    assert out.split("\n")[:3] == ["written", "hello from holdfast", "more"], out
+    assert out.split("\n")[3].strip() == str(N_SMALL - 1), out
+    # the lower layer is untouched
+    assert node.run("lazy", node.refs["esgz"], "reader", "cat", "/etc/hello") == "hello from holdfast\n"
+
+
+def test_plain_gzip_image_falls_back(node):
+    before = {m["mountpoint"] for m in node.lazy_mounts()}
+    node.rpull(node.refs["gzip"], ns="plain")
+    after = {m["mountpoint"] for m in node.lazy_mounts()}
+    assert after == before, "a gzip layer was mounted lazily: %r" % (after - before)
+    assert "not mounted lazily" in node.sup.log(), node.sup.log()[-3000:]
+    out = node.run("plain", node.refs["gzip"], "plain", "sh", "-c", "cat /etc/hello; sha256sum /data/big")
+    assert out.split() == ["hello", "from", "holdfast", node.expect["big"], "/data/big"], out
+
+
+def test_snapshot_commands(node):
+    node.rpull(node.refs["esgz"], ns="lazy")
+
+    def sn(*a, check=True):
+        return node.ctr("snapshots", "--snapshotter", "holdfast", *a, ns="lazy", check=check)
+
+    lines = sn("ls").stdout.decode().splitlines()
+    assert lines[0].split() == ["KEY", "PARENT", "KIND"], lines
+    committed = [l.split()[0] for l in lines[1:] if l.split()[-1] == "Committed"]
+    assert len(committed) >= 2, lines
+    info = json.loads(sn("info", committed[-1]).stdout)
+    assert info["Kind"] == "Committed" and "containerd.io/snapshot/remote/stargz.digest" in info.get("Labels", {}), info
+    sn("prepare", "scratch", committed[-1])
+    mounts = sn("mounts", "/mnt", "scratch").stdout.decode()
+    assert "overlay" in mounts and "lowerdir=" in mounts, mounts
+    usage = sn("usage", "scratch").stdout.decode().splitlines()
+    assert usage[0].split()[0] == "KEY" and usage[1].split()[0] == "scratch", usage
+    sn("rm", "scratch")
+    assert "scratch" not in sn("ls").stdout.decode()
+    assert sn("rm", "no-such-snapshot", check=False).returncode != 0
+
+
+def _wait_task_gone(node, ns, name, timeout=240):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = node.ctr("tasks", "ls", ns=ns, check=False, timeout=30).stdout.decode()
+        row = [l.split() for l in out.splitlines()[1:] if l.split() and l.split()[0] == name]
+        if not row or row[0][-1] == "STOPPED":
+            return
+        time.sleep(0.2)
+    raise AssertionError("task %s still running after %ds" % (name, timeout))
+
+
+def _drop_caches():
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+
+
+def test_container_reads_through_kills_upgrade_and_containerd_restart(node):
+    """A container reads the image in a loop (checksums of every file)
+    while the worker is killed three times, upgraded once and containerd
+    restarted: every round prints the right sums, nothing fails."""
+    node.rpull(node.refs["esgz"], ns="lazy")
+    log = os.path.join(node.base, "reader.log")
+    rounds = 30
+    script = ("i=0; while [ $i -lt %d ]; do "
+              "b=$(sha256sum /data/big | cut -d' ' -f1) || echo FAILED big; "
+              "s=$(cat /data/small/* | sha256sum | cut -d' ' -f1) || echo FAILED small; "
+              "n=$(find /data /bin /etc | wc -l) || echo FAILED find; "
+              "echo \"round $i $b $s $n\"; i=$((i+1)); sleep 0.2; done; echo finished" % rounds)
+    node.ctr("run", "-d", "--snapshotter", "holdfast", "--log-uri", "file://" + log, node.refs["esgz"], "looper",
+             "sh", "-c", script, ns="lazy")
+    try:
+        events = []
+        for step in ("kill", "kill", "upgrade", "containerd", "kill"):
+            time.sleep(0.7)
+            _drop_caches()
+            if step == "kill":
+                pid = node.sup.kill_worker()
+                events.append("killed worker %s" % pid)
+                node.sup.wait_served()
+            elif step == "upgrade":
+                _, out, _ = node.sup.ctl("upgrade")
+                events.append("upgrade: " + out.strip())
+            else:
+                node.restart_containerd()
+                events.append("containerd restarted")
+        _wait_task_gone(node, "lazy", "looper")
+    finally:
+        node.ctr("tasks", "kill", "-s", "KILL", "looper", ns="lazy", check=False)
+        _wait_task_gone(node, "lazy", "looper", timeout=30)
+        node.ctr("tasks", "rm", "looper", ns="lazy", check=False)
+        node.ctr("containers", "rm", "looper", ns="lazy", check=False)
+    out = read_text(log)
+    lines = [l for l in out.splitlines() if l.strip()]
+    assert lines and lines[-1] == "finished", (events, out[-3000:])
+    rows = [l.split() for l in lines[:-1]]
+    assert len(rows) == rounds, (events, out[-3000:])
+    for i, r in enumerate(rows):
+        assert r[:4] == ["round", str(i), node.expect["big"], node.expect["small"]], (events, r)
+    assert len({r[4] for r in rows}) == 1, rows
+    print("container read %d rounds through: %s" % (rounds, "; ".join(events)))
+    # containerd sees the same snapshots afterwards
+    assert "Committed" in node.ctr("snapshots", "--snapshotter", "holdfast", "ls", ns="lazy").stdout.decode()
+
+
+def test_supervisor_reexec_keeps_snapshots_and_socket(node):
+    node.rpull(node.refs["esgz"], ns="lazy")
+    before = sorted(m["mountpoint"] for m in node.lazy_mounts())
+    node.sup.ctl("upgrade", "--supervisor")
+    node.sup.wait_served()
+    assert sorted(m["mountpoint"] for m in node.lazy_mounts()) == before
+    assert node.run("lazy", node.refs["esgz"], "after-reexec", "cat", "/etc/hello") == "hello from holdfast\n"
+
+
+def test_garbage_on_the_socket_is_not_fatal(node):
+    pid = node.sup.status()["worker_pid"]
+    for payload in (b"GET / HTTP/1.1\r\n\r\n", b"\x00" * 100, os.urandom(4096)):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(5)
+        s.connect(os.path.join(node.base, "snap.sock"))
+        try:
+            s.sendall(payload)
+            s.recv(4096)
+        except OSError:
+            pass
+        s.close()
+    assert node.sup.status()["worker_pid"] == pid
+    assert node.ctr("snapshots", "--snapshotter", "holdfast", "ls", ns="lazy").returncode == 0
+
+
+def test_removing_the_image_unmounts_its_layers(node):
+    node.rpull(node.refs["esgz"], ns="lazy")
+    assert node.lazy_mounts()
+    for ns in ("lazy", "plain"):
+        for c in node.ctr("containers", "ls", "-q", ns=ns, check=False).stdout.split():
+            node.ctr("containers", "rm", c.decode(), ns=ns, check=False)
+        for ref in node.refs.values():
+            node.ctr("images", "rm", "--sync", ref, ns=ns, check=False)
+    deadline = time.monotonic() + 60
+    while node.lazy_mounts() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert node.lazy_mounts() == [], node.sup.log()[-3000:]
+    left = [mp for mp in mounts_under(node.sup.root) if "/snapshotter/snapshots/" in mp]
+    assert left == [], left
