@@ -7,7 +7,8 @@
 #include "holdfast.pb.h"
 #include "supervisor/base.h"
 
-/* Same as FileDescriptorStoreMax= in packaging/holdfast-supervisor.service. */
+/* FileDescriptorStoreMax= in packaging/holdfast-supervisor.service is
+ * this plus two (the records and the snapshotter socket). */
 #define MOUNT_TABLE_MAX 4096
 
 typedef struct CtlConn CtlConn;
