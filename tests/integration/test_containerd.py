@@ -319,3 +319,48 @@ def test_removing_the_image_unmounts_its_layers(node):
     assert node.lazy_mounts() == [], node.sup.log()[-3000:]
     left = [mp for mp in mounts_under(node.sup.root) if "/snapshotter/snapshots/" in mp]
     assert left == [], left
+
+
+def test_prepare_with_bad_remote_labels_falls_back(node):
+    """Prepares straight on the socket whose labels name a layer that
+    cannot be mounted lazily: an unparsable image reference, a bad digest
+    or TOC digest, a layer the registry does not have, one that is not
+    eStargz. Each answers with the mounts of an ordinary snapshot (which
+    containerd would unpack into), no FUSE mount is left, the worker
+    lives on."""
+    grpc = pytest.importorskip("grpc")
+    import pbwire
+    svc = "/containerd.services.snapshots.v1.Snapshots/"
+    pid = node.sup.status()["worker_pid"]
+    before = node.lazy_mounts()
+    host = node.proxy.host
+    gz_layer = registryutil.registry_get(node.registry.url + "/v2/holdfast/app/manifests/gzip", headers={
+        "Accept": "application/vnd.oci.image.manifest.v1+json,"
+                  "application/vnd.docker.distribution.manifest.v2+json"}).json()["layers"][0]["digest"]
+    ref_label = "containerd.io/snapshot/remote/stargz.reference"
+    digest_label = "containerd.io/snapshot/remote/stargz.digest"
+    cases = {
+        "bad-ref": {ref_label: "Not A Reference!!", digest_label: gz_layer},
+        "bad-digest": {ref_label: host + "/holdfast/app:gzip", digest_label: "sha256:1234"},
+        "bad-toc": {ref_label: host + "/holdfast/app:gzip", digest_label: gz_layer,
+                    "containerd.io/snapshot/stargz/toc.digest": "md5:abc"},
+        "missing-blob": {ref_label: host + "/holdfast/app:gzip", digest_label: "sha256:" + "0" * 64},
+        "not-estargz": {ref_label: host + "/holdfast/app:gzip", digest_label: gz_layer},
+    }
+    with grpc.insecure_channel("unix:" + os.path.join(node.base, "snap.sock")) as ch:
+        prepare = ch.unary_unary(svc + "Prepare")
+        remove = ch.unary_unary(svc + "Remove")
+        for name, labels in cases.items():
+            labels = dict(labels, **{"containerd.io/snapshot.ref": "sha256:" + hashlib.sha256(
+                name.encode()).hexdigest()})
+            fields = [(1, "holdfast"), (2, "direct-" + name)] + [
+                (4, pbwire.encode([(1, k), (2, v)])) for k, v in labels.items()]
+            reply = prepare(pbwire.encode(fields), timeout=120)
+            mounts = [dict(pbwire.parse(v)) for n, v in pbwire.parse(reply) if n == 1]
+            assert mounts and mounts[0][1] in (b"bind", b"overlay"), (name, mounts)
+            remove(pbwire.encode([(1, "holdfast"), (2, "direct-" + name)]), timeout=30)
+    assert node.lazy_mounts() == before
+    assert node.sup.status()["worker_pid"] == pid
+    log = node.sup.log()
+    for what in ("image reference", "not sha256", "TOC digest"):
+        assert what in log, (what, log[-3000:])
