@@ -16,7 +16,15 @@
  * connection, sends its MountRecord back to this worker (whose main thread
  * opens the layer: a layer that is not eStargz is refused there) and
  * answers once FUSE_INIT was. Every later worker serves the mount. A
- * refusal makes the Prepare fall back to a snapshot containerd unpacks. */
+ * refusal makes the Prepare fall back to a snapshot containerd unpacks.
+ *
+ * Warm-ahead: containerd prepares an image's layers one after the other,
+ * each waiting for its mount, which costs a round trip or two to the
+ * registry (the layer's footer and TOC). The labels of the first one name
+ * the layers that follow (stargz.layers, cri.image-layers): they are
+ * opened at once, WARM_MAX at a time, so that their own Prepares find
+ * their records in the store and mount without a request. A Prepare whose
+ * layer is being warmed waits for that first. */
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
@@ -24,6 +32,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mount.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "common/ipc/ctl-client.h"
@@ -42,6 +51,15 @@
 /* Drain: calls in flight get this long to finish (a remote Prepare whose
  * mount the next worker would answer cannot: it fails after this). */
 #define SNAP_DRAIN_MS 3000
+#define WARM_MAX 4
+#define WARM_RECENT 64          /* digests warmed lately: not again */
+#define DIGEST_STR_MAX 71       /* "sha256:" + 64 hex */
+
+static uint64_t now_usec(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t) ts.tv_sec * 1000000 + (uint64_t) ts.tv_nsec / 1000;
+}
 
 struct SnapNode {
         char *root;              /* owned; the worker's (ROOT/supervisor.sock) */
@@ -51,12 +69,27 @@ struct SnapNode {
         bool started;
         Snapshotter *store;      /* owned; set by the thread */
         GrpcServer *grpc;        /* owned; set by the thread */
+        LayerEnv *env;           /* borrowed */
+        pthread_mutex_t lock;    /* protects the rest */
+        pthread_cond_t cond;     /* a warmer ended */
+        char warming[WARM_MAX][DIGEST_STR_MAX + 1];  /* "" : a free slot */
+        unsigned n_warming;
+        char recent[WARM_RECENT][DIGEST_STR_MAX + 1];
+        unsigned recent_next;
 };
 
+typedef struct Warmer {
+        SnapNode *n;
+        unsigned slot;
+        char *source;            /* owned */
+} Warmer;
+
 /* The labels' image reference and layer digest as a layer source
- * ("DOMAIN/REPO@sha256:HEX[#toc=sha256:HEX]"). 0 when the labels name no
+ * ("DOMAIN/REPO@sha256:HEX[#toc=sha256:HEX]"), with *ret_repo
+ * ("DOMAIN/REPO") and *ret_digest (in labels). 0 when the labels name no
  * layer (a Prepare of containerd's own: decline quietly). */
-static int remote_source(const SnapLabels *labels, char **ret, ErrMsg *err) {
+static int remote_source(const SnapLabels *labels, char **ret, char **ret_repo, const char **ret_digest,
+                         ErrMsg *err) {
         static const char *const refs[] = { "containerd.io/snapshot/remote/stargz.reference",
                                             "containerd.io/snapshot/cri.image-ref" };
         static const char *const digests[] = { "containerd.io/snapshot/remote/stargz.digest",
@@ -77,9 +110,106 @@ static int remote_source(const SnapLabels *labels, char **ret, ErrMsg *err) {
         int k = fetch_ref_parse(ref, &r, err);
         if (k < 0)
                 return errmsg_prefix(err, k, "image reference");
-        k = asprintf(ret, "%s/%s@%s%s%s", r->domain, r->repo, digest, toc ? "#toc=" : "", toc ? toc : "");
+        k = asprintf(ret_repo, "%s/%s", r->domain, r->repo);
         fetch_ref_free(r);
-        return k < 0 ? -ENOMEM : 1;
+        if (k < 0)
+                return -ENOMEM;
+        if (asprintf(ret, "%s@%s%s%s", *ret_repo, digest, toc ? "#toc=" : "", toc ? toc : "") < 0) {
+                free(TAKE_PTR(*ret_repo));
+                return -ENOMEM;
+        }
+        *ret_digest = digest;
+        return 1;
+}
+
+static void *warm_main(void *userdata) {
+        Warmer *x = userdata;
+        SnapNode *n = x->n;
+        ErrMsg err = {};
+        uint64_t t0 = now_usec();
+        int r = worker_layer_warm(n->env, x->source, &err);
+        if (r < 0)
+                log_info("warm-ahead of %s: %s (its Prepare will try again)", x->source,
+                         err.text[0] ? err.text : strerror(-r));
+        else
+                log_debug("warm-ahead of %s: %" PRIu64 " us", x->source, now_usec() - t0);
+        pthread_mutex_lock(&n->lock);
+        n->warming[x->slot][0] = 0;
+        n->n_warming--;
+        pthread_cond_broadcast(&n->cond);
+        pthread_mutex_unlock(&n->lock);
+        free(x->source);
+        free(x);
+        return NULL;
+}
+
+/* Under n->lock. */
+static bool warm_seen(SnapNode *n, const char *digest) {
+        for (unsigned i = 0; i < WARM_RECENT; i++)
+                if (strcmp(n->recent[i], digest) == 0)
+                        return true;
+        return false;
+}
+
+/* Starts the warm-up of the layers the labels name after this one. */
+static void warm_ahead(SnapNode *n, const SnapLabels *labels, const char *repo, const char *self) {
+        const char *list = snap_labels_get(labels, "containerd.io/snapshot/remote/stargz.layers");
+        if (!list)
+                list = snap_labels_get(labels, "containerd.io/snapshot/cri.image-layers");
+        for (const char *p = list; p && *p;) {
+                size_t len = strcspn(p, ",");
+                char digest[DIGEST_STR_MAX + 1];
+                bool ok = len <= DIGEST_STR_MAX;
+                if (ok) {
+                        memcpy(digest, p, len);
+                        digest[len] = 0;
+                        ok = fetch_digest_is_valid(digest) && strcmp(digest, self) != 0;
+                }
+                p += len + (p[len] == ',');
+                if (!ok)
+                        continue;
+                pthread_mutex_lock(&n->lock);
+                unsigned slot = WARM_MAX;
+                if (!warm_seen(n, digest))
+                        for (slot = 0; slot < WARM_MAX && n->warming[slot][0]; slot++)
+                                ;
+                Warmer *x = slot < WARM_MAX ? calloc(1, sizeof(*x)) : NULL;
+                if (x && asprintf(&x->source, "%s@%s", repo, digest) >= 0) {
+                        *x = (Warmer) { .n = n, .slot = slot, .source = x->source };
+                        pthread_attr_t attr;
+                        pthread_attr_init(&attr);
+                        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+                        pthread_t t;
+                        if (pthread_create(&t, &attr, warm_main, x) == 0) {
+                                strcpy(n->warming[slot], digest);
+                                strcpy(n->recent[n->recent_next++ % WARM_RECENT], digest);
+                                n->n_warming++;
+                                x = NULL;
+                        }
+                        pthread_attr_destroy(&attr);
+                }
+                if (x)
+                        free(x->source);
+                free(x);
+                pthread_mutex_unlock(&n->lock);
+        }
+}
+
+/* A Prepare whose layer is being warmed lets that finish (its mount then
+ * reads the record) rather than fetch the same bytes. */
+static void warm_wait(SnapNode *n, const char *digest) {
+        struct timespec deadline;
+        clock_gettime(CLOCK_REALTIME, &deadline);
+        deadline.tv_sec += SNAP_MOUNT_TIMEOUT_MS / 1000;
+        pthread_mutex_lock(&n->lock);
+        for (;;) {
+                bool busy = false;
+                for (unsigned i = 0; i < WARM_MAX; i++)
+                        busy |= strcmp(n->warming[i], digest) == 0;
+                if (!busy || pthread_cond_timedwait(&n->cond, &n->lock, &deadline) == ETIMEDOUT)
+                        break;
+        }
+        pthread_mutex_unlock(&n->lock);
 }
 
 static int supervisor_call(SnapNode *n, holdfast_CtlRequest_Op op, const char *source, const char *dir,
@@ -101,14 +231,17 @@ static int supervisor_call(SnapNode *n, holdfast_CtlRequest_Op op, const char *s
 
 static int prepare_remote(void *userdata, const SnapRemoteRequest *req) {
         SnapNode *n = userdata;
-        _cleanup_free_ char *source = NULL;
+        _cleanup_free_ char *source = NULL, *repo = NULL;
+        const char *digest = NULL;
         ErrMsg err = {};
-        int r = remote_source(req->labels, &source, &err);
+        int r = remote_source(req->labels, &source, &repo, &digest, &err);
         if (r <= 0) {
                 if (r < 0)
                         log_warn("snapshot %s: not mounted lazily (unpacked instead): %s", req->target, err.text);
                 return r;
         }
+        warm_ahead(n, req->labels, repo, digest);
+        warm_wait(n, digest);
         char msg[512];
         r = supervisor_call(n, holdfast_CtlRequest_Op_MOUNT, source, req->fs_dir, msg, sizeof(msg));
         if (r >= 0) {
@@ -164,11 +297,14 @@ static void *snap_main(void *userdata) {
         return NULL;
 }
 
-int snap_node_start(const char *root, int take_listen_fd, SnapNode **ret) {
+int snap_node_start(const char *root, LayerEnv *env, int take_listen_fd, SnapNode **ret) {
         _cleanup_close_ int fd = take_listen_fd;
         SnapNode *n = calloc(1, sizeof(*n));
         if (!n)
                 return -ENOMEM;
+        n->env = env;
+        pthread_mutex_init(&n->lock, NULL);
+        pthread_cond_init(&n->cond, NULL);
         n->listen_fd = TAKE_FD(fd);
         n->root = strdup(root);
         if (!n->root || asprintf(&n->dir, "%s/snapshotter", root) < 0) {
@@ -202,6 +338,13 @@ SnapNode *snap_node_free(SnapNode *n) {
                 pthread_join(n->thread, NULL);
         n->grpc = grpc_server_free(n->grpc);
         n->store = snapshotter_free(n->store);
+        /* warmers use the LayerEnv: they end within the fetch deadlines */
+        pthread_mutex_lock(&n->lock);
+        while (n->n_warming)
+                pthread_cond_wait(&n->cond, &n->lock);
+        pthread_mutex_unlock(&n->lock);
+        pthread_cond_destroy(&n->cond);
+        pthread_mutex_destroy(&n->lock);
         closep(&n->listen_fd);
         free(n->root);
         free(n->dir);

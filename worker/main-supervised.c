@@ -568,7 +568,7 @@ static int startup(Supervised *w, holdfast_Envelope *e, const WorkerArgs *args) 
                         r = go(w, &h, e->msg.worker_go.takeover, e->msg.worker_go.drained, fd);
                         if (fd >= 0)
                                 close(fd);
-                        if (r >= 0 && w->snap_fd >= 0 && snap_node_start(args->root, TAKE_FD(w->snap_fd), &w->snap) < 0)
+                        if (r >= 0 && w->snap_fd >= 0 && snap_node_start(args->root, w->env, TAKE_FD(w->snap_fd), &w->snap) < 0)
                                 log_error("containerd's snapshotter is not served by this worker");
                         if (r >= 0)
                                 r = 1;

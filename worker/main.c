@@ -173,6 +173,15 @@ static int worker_layer_reopen(void *userdata, const char *source, Layer **ret_l
         return open_layer(userdata, source, false, false, ret_layer, ret_handle, err);
 }
 
+int worker_layer_warm(LayerEnv *env, const char *source, ErrMsg *err) {
+        Layer *layer;
+        void *handle;
+        int r = open_layer(env, source, false, false, &layer, &handle, err);
+        if (r >= 0)
+                layer_source_close(handle);
+        return r;
+}
+
 void worker_layer_close(void *userdata, void *handle) {
         (void) userdata;
         layer_source_close(handle);

@@ -40,12 +40,15 @@ FuseLayerOps worker_layer_ops(LayerEnv *env);
  * userdata is the LayerEnv. */
 int worker_layer_open(void *userdata, const char *source, Layer **ret_layer, void **ret_handle, ErrMsg *err);
 void worker_layer_close(void *userdata, void *handle);
+/* Opens a layer (no prefetch) and closes it: its record is then in the
+ * store and its tail in the cache, so that its mount needs no request. */
+int worker_layer_warm(LayerEnv *env, const char *source, ErrMsg *err);
 
 /* containerd's snapshotter (main-snapshotter.c): served on take_listen_fd
  * from a thread that opens ROOT/snapshotter first; its remote snapshots
  * are mounts the supervisor at ROOT/supervisor.sock makes. */
 typedef struct SnapNode SnapNode;
-int snap_node_start(const char *root, int take_listen_fd, SnapNode **ret);
+int snap_node_start(const char *root, LayerEnv *env, int take_listen_fd, SnapNode **ret);
 /* Stops accepting and waits a moment for the calls in flight: for a
  * worker that exits right after. */
 void snap_node_drain(SnapNode *n);
