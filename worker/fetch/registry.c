@@ -255,8 +255,9 @@ static int client_hosts(FetchClient *c, const char *domain, HostsEntry **ret, Er
                         r = file_append(&b, e->ca[k], err);
                 if (r < 0) {
                         strbuf_done(&b);
+                        r = errmsg_prefix(err, r, "%s", he->hosts->source ? he->hosts->source : domain);
                         hosts_entry_free(he);
-                        return errmsg_prefix(err, r, "%s", he->hosts->source ? he->hosts->source : domain);
+                        return r;
                 }
                 he->tls[i].ca_len = b.len;
                 he->tls[i].ca_blob = strbuf_steal(&b, NULL);
@@ -455,9 +456,9 @@ static int call_send_headers(Call *call, size_t ep_index, const char *url, const
         }
 }
 
-static int endpoint_url(Call *call, size_t ep_index, const char *suffix, char **ret) {
+static int endpoint_url_scheme(Call *call, size_t ep_index, bool plain_http, const char *suffix, char **ret) {
         const FetchEndpoint *ep = &call->he->hosts->endpoints[ep_index];
-        const char *scheme = atomic_load(&call->he->use_http[ep_index]) ? "http" : ep->scheme;
+        const char *scheme = plain_http ? "http" : ep->scheme;
         int n;
         if (ep->mirror)
                 n = asprintf(ret, "%s://%s%s/%s/%s?ns=%s", scheme, ep->host, ep->path, call->repo, suffix, call->domain);
@@ -466,19 +467,30 @@ static int endpoint_url(Call *call, size_t ep_index, const char *suffix, char **
         return n < 0 ? -ENOMEM : 0;
 }
 
+static int endpoint_url(Call *call, size_t ep_index, const char *suffix, char **ret) {
+        return endpoint_url_scheme(call, ep_index, atomic_load(&call->he->use_http[ep_index]), suffix, ret);
+}
+
 /* One endpoint, with containerd's plain-http fallback for local registries. */
 static int call_endpoint(Call *call, size_t i, const char *suffix, HttpRequest *req, char **ret_final) {
         const FetchEndpoint *ep = &call->he->hosts->endpoints[i];
         for (;;) {
                 _cleanup_free_ char *url = NULL, *origin = NULL;
-                int r = endpoint_url(call, i, suffix, &url);
+                /* what this attempt used: another thread may learn the
+                 * fallback meanwhile, and our TLS failure still means
+                 * "try plain http" */
+                bool plain_http = atomic_load(&call->he->use_http[i]);
+                int r = endpoint_url_scheme(call, i, plain_http, suffix, &url);
                 if (r >= 0)
                         r = url_origin(url, &origin);
                 if (r < 0)
                         return errmsg_set(call->err, r, "cannot build the URL for %s", ep->host);
                 r = call_send(call, i, url, origin, req, ret_final);
-                if (r < 0 && req->tls_failed && ep->http_fallback && !atomic_load(&call->he->use_http[i])) {
-                        /* a local registry that speaks plain http */
+                /* A local registry that speaks plain http. An attempt made
+                 * while another thread's TLS failure taught the fallback
+                 * may fail otherwise (it waited on that connection). */
+                if (r < 0 && ep->http_fallback && !plain_http &&
+                    (req->tls_failed || atomic_load(&call->he->use_http[i]))) {
                         atomic_store(&call->he->use_http[i], true);
                         continue;
                 }
