@@ -42,6 +42,7 @@
 #include "worker/snapshotter/service.h"
 #include "worker/snapshotter/snapshots.h"
 #include "worker/util/log.h"
+#include "worker/util/mm-keeper.h"
 
 #define SNAP_BUSY_WAIT_MS 2000
 /* A layer's open fetches its footer and TOC: bounded by the registry
@@ -273,6 +274,12 @@ static void on_grpc_error(_unused_ void *userdata, int err, const char *message)
         log_warn_ratelimited(err, "snapshotter socket: closed a connection: %s: %m", message);
 }
 
+/* A worker killed with containerd's connections open: they end at once
+ * (mm-keeper.h), so containerd reconnects to the next worker. */
+static void on_conn_fd(_unused_ void *userdata, int fd, bool open) {
+        mm_keeper_shutdown_on_death(fd, open);
+}
+
 static void *snap_main(void *userdata) {
         SnapNode *n = userdata;
         ErrMsg err = {};
@@ -287,7 +294,7 @@ static void *snap_main(void *userdata) {
                           err.text[0] ? err.text : strerror(-r));
                 return NULL;
         }
-        GrpcServerConfig tuning = { .on_error = on_grpc_error };
+        GrpcServerConfig tuning = { .on_error = on_grpc_error, .on_conn_fd = on_conn_fd };
         r = snap_service_start(n->store, TAKE_FD(n->listen_fd), &tuning, &n->grpc, &err);
         if (r < 0) {
                 log_error("Cannot serve containerd's snapshotter: %s", err.text[0] ? err.text : strerror(-r));

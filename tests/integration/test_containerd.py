@@ -364,3 +364,26 @@ def test_prepare_with_bad_remote_labels_falls_back(node):
     log = node.sup.log()
     for what in ("image reference", "not sha256", "TOC digest"):
         assert what in log, (what, log[-3000:])
+
+
+def test_containerd_calls_right_after_a_worker_kill(node):
+    """The supervisor owns the socket, and a killed worker's connections
+    end as soon as it is dead (its memory keeper shuts them down): a call
+    containerd makes once the next worker serves succeeds, and one made
+    right after the kill waits rather than fails, unless it raced the
+    dead worker's last moments (then UNAVAILABLE, as for a call in
+    flight). Without the shutdown, every call within 300 ms fails."""
+    node.rpull(node.refs["esgz"], ns="lazy")
+    raced = []
+    for i in range(6):
+        # a connection the worker has accepted, then the kill, then calls
+        node.ctr("snapshots", "--snapshotter", "holdfast", "ls", ns="lazy")
+        node.sup.kill_worker()
+        p = node.ctr("snapshots", "--snapshotter", "holdfast", "ls", ns="lazy", check=False)
+        if p.returncode != 0:
+            assert b"unavailable" in p.stderr, p.stderr
+            raced.append(i)
+        node.sup.wait_served()
+        node.ctr("snapshots", "--snapshotter", "holdfast", "ls", ns="lazy")
+    print("calls right after a kill that raced its death: %d of 6" % len(raced))
+    assert len(raced) <= 2, (raced, read_text(node.cd.log)[-2000:])

@@ -114,6 +114,7 @@ struct GrpcCall {
 
 struct Conn {
         uv_pipe_t pipe;           /* embedded; the Conn is freed in its close callback */
+        int fd;                   /* pipe's, when on_conn_fd was told of it; else -1 */
         GrpcServer *server;
         nghttp2_session *session; /* owned */
         Conn *prev, *next;        /* the server's list */
@@ -767,6 +768,8 @@ static void conn_close(Conn *conn) {
         if (conn->next)
                 conn->next->prev = conn->prev;
         s->n_conns--;
+        if (conn->fd >= 0 && s->cfg.on_conn_fd)
+                s->cfg.on_conn_fd(s->cfg.error_userdata, conn->fd, false);
         uv_close((uv_handle_t *) &conn->pipe, on_conn_closed);
         check_drained(s);
 }
@@ -865,11 +868,17 @@ static void on_connection(uv_stream_t *listener, int status) {
         if (!conn)
                 return;
         conn->server = s;
+        conn->fd = -1;
         uv_pipe_init(&s->loop, &conn->pipe, 0);
         conn->rbuf = malloc(READ_BUF_SIZE);
         if (!conn->rbuf || uv_accept(listener, (uv_stream_t *) &conn->pipe) < 0) {
                 uv_close((uv_handle_t *) &conn->pipe, on_conn_closed);
                 return;
+        }
+        uv_os_fd_t fd;
+        if (uv_fileno((uv_handle_t *) &conn->pipe, &fd) == 0 && s->cfg.on_conn_fd) {
+                conn->fd = fd;
+                s->cfg.on_conn_fd(s->cfg.error_userdata, fd, true);
         }
         conn->next = s->conns;
         if (s->conns)

@@ -78,6 +78,9 @@ typedef struct GrpcServerConfig {
          * the caller to log (rate-limited: a peer controls how often). */
         void (*on_error)(void *error_userdata, int err, const char *message);
         void *error_userdata;
+        /* Optional, on the loop thread: an accepted connection's fd
+         * (open), and the same fd before it is closed (!open). */
+        void (*on_conn_fd)(void *error_userdata, int fd, bool open);
 } GrpcServerConfig;
 
 /* Starts serving on listen_fd (a listening SOCK_STREAM unix socket; the

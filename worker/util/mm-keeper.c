@@ -11,10 +11,24 @@
 #include <stdint.h>
 #include <time.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #define KEEPER_STACK (64u << 10)
+#define SHUTDOWN_MAX 256
+
+/* fd + 1 of each registered socket, 0: a free slot */
+static int shutdown_fds[SHUTDOWN_MAX];
+
+void mm_keeper_shutdown_on_death(int fd, bool add) {
+        for (unsigned i = 0; i < SHUTDOWN_MAX; i++) {
+                int expected = add ? 0 : fd + 1;
+                if (__atomic_compare_exchange_n(&shutdown_fds[i], &expected, add ? fd + 1 : 0, false,
+                                                __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
+                        return;
+        }
+}
 
 __attribute__((no_sanitize_address, no_sanitize_undefined)) static int keeper_main(void *arg) {
         pid_t parent = (pid_t) (intptr_t) arg;
@@ -27,6 +41,11 @@ __attribute__((no_sanitize_address, no_sanitize_undefined)) static int keeper_ma
                 struct pollfd p = { .fd = (int) pidfd, .events = POLLIN };
                 while (syscall(SYS_ppoll, &p, 1, NULL, NULL, 0) != 1)
                         ;
+        }
+        for (unsigned i = 0; i < SHUTDOWN_MAX; i++) {
+                int v = __atomic_load_n(&shutdown_fds[i], __ATOMIC_SEQ_CST);
+                if (v > 0)
+                        syscall(SYS_shutdown, v - 1, SHUT_RDWR);
         }
         /* let the next worker finish its takeover before the kernel frees
          * what this one held */

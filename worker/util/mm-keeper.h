@@ -13,5 +13,15 @@
  * thread only. */
 #pragma once
 
+#include <stdbool.h>
+
 /* Starts the keeper; 0 or -errno (then exits cost what they did). */
 int mm_keeper_start(void);
+
+/* Sockets the keeper shuts down (SHUT_RDWR) as soon as the worker died,
+ * before its grace period: their peers (containerd's connections to the
+ * snapshotter) see the end at once, not 300 ms later after sending calls
+ * nobody reads, and reconnect to the next worker. add: registers fd;
+ * else forgets it (before the fd is closed). At most 256 at once (more
+ * are not registered); any thread. */
+void mm_keeper_shutdown_on_death(int fd, bool add);
