@@ -43,9 +43,13 @@ static int ctl_request(holdfast_CtlRequest_Op op, const char *source, const char
                        size_t msg_size) {
         holdfast_CtlRequest req = holdfast_CtlRequest_init_zero;
         req.op = op;
+        if (strlen(source ? source : "") >= sizeof(req.source) || strlen(mountpoint) >= sizeof(req.mountpoint)) {
+                snprintf(msg, msg_size, "layer reference or mountpoint longer than %zu bytes", sizeof(req.source) - 1);
+                return -ENAMETOOLONG;
+        }
         if (source)
-                snprintf(req.source, sizeof(req.source), "%s", source);
-        snprintf(req.mountpoint, sizeof(req.mountpoint), "%s", mountpoint);
+                strcpy(req.source, source);
+        strcpy(req.mountpoint, mountpoint);
         DaemonReply d;
         const char *what;
         int r = daemon_call(ctl_root, &req, 0, &d, &what);

@@ -179,8 +179,8 @@ static int walk(int root_fd, const WalkOps *ops, void *ud, ErrMsg *err) {
                         continue;
                 }
                 const char *name = top->names[top->next++];
-                struct stat st;
-                bool mount_root;
+                struct stat st = {};
+                bool mount_root = false;
                 r = stat_entry(fd, name, &st, &mount_root);
                 if (r == -ENOENT)
                         continue;
@@ -376,8 +376,8 @@ int snap_fs_usage(const char *path, SnapUsage *ret, ErrMsg *err) {
 }
 
 int snap_fs_is_mountpoint(const char *path) {
-        struct stat st, pst;
-        bool mount_root;
+        struct stat st = {}, pst;
+        bool mount_root = false;
         int r = stat_entry(AT_FDCWD, path, &st, &mount_root);
         if (r < 0)
                 return r;
