@@ -48,10 +48,12 @@
 #define MAX_MOUNTS 65536
 
 typedef struct Preloader Preloader;
+typedef struct Openers Openers;
 
 typedef struct Supervised {
         int sock;                /* borrowed: --supervisor-fd */
         Preloader *preload;      /* owned; the hold's warm-up thread */
+        Openers *openers;        /* owned; new mounts' layer opens (mount_new_async) */
         pthread_mutex_t send_lock;
         MetaStore *store;        /* owned */
         LayerEnv *env;           /* owned; opens layers with store */
@@ -174,6 +176,156 @@ static int mount_new(Supervised *w, const holdfast_MountRecord *m, int take_fd) 
         }
         log_info("mount %" PRIu64 ": serving %s on %s", m->id, m->source, m->mountpoint);
         return 0;
+}
+
+/* ---- new mounts' layers, opened in parallel ----
+ * Opening a registry layer costs a round trip or two to the registry, and
+ * `holdfastctl image mount` mounts every layer of an image at once: on
+ * the main thread their opens would queue behind each other. So a new
+ * mount that arrives while we serve is opened on a thread of its own (at
+ * most OPENERS at once; the main thread waits for a free one) and served
+ * from there, as mount_new() would. An Unmount of a mount still opening
+ * cancels it: the opener closes what it opened and serves nothing (the
+ * supervisor answered its waiter already). serve() returns only once no
+ * opener runs, so nothing is added to the server after it stops. */
+#define OPENERS 8
+
+typedef struct Opening {
+        Supervised *w;
+        Openers *ops;
+        holdfast_MountRecord rec;
+        int fd;                  /* owned until served */
+        bool cancelled;          /* protected by Openers.lock */
+        struct Opening *next;    /* protected by Openers.lock */
+} Opening;
+
+struct Openers {
+        pthread_mutex_t lock;
+        pthread_cond_t cond;     /* an opener ended */
+        Opening *running;        /* protected by lock */
+        size_t n;                /* protected by lock */
+};
+
+static void *opener_main(void *userdata) {
+        Opening *o = userdata;
+        Supervised *w = o->w;
+        Openers *ops = o->ops;
+        _cleanup_close_ int fd = TAKE_FD(o->fd);
+        ErrMsg err = {};
+        Layer *layer = NULL;
+        void *handle = NULL;
+        int r = worker_layer_open(w->env, o->rec.source, &layer, &handle, &err);
+        bool opened = r >= 0;
+
+        pthread_mutex_lock(&ops->lock);
+        bool cancelled = o->cancelled;
+        if (opened && !cancelled)
+                /* under the lock: an Unmount either finds us running (and
+                 * cancels) or finds the mount served (and removes it) */
+                r = fuse_server_add(w->srv, o->rec.id, TAKE_FD(fd), o->rec.source, NULL, TAKE_PTR(layer),
+                                    TAKE_PTR(handle));
+        for (Opening **p = &ops->running; *p; p = &(*p)->next)
+                if (*p == o) {
+                        *p = o->next;
+                        break;
+                }
+        pthread_mutex_unlock(&ops->lock);
+
+        if (cancelled) {
+                if (handle)
+                        worker_layer_close(w->env, handle);
+                log_info("mount %" PRIu64 ": unmounted while its layer was opening", o->rec.id);
+        } else if (!opened) {
+                log_error_errno(r, "mount %" PRIu64 " (%s): refusing %s: %s", o->rec.id, o->rec.mountpoint,
+                                o->rec.source, err.text[0] ? err.text : strerror(-r));
+                (void) send_status(w, o->rec.id, r, err.text[0] ? err.text : strerror(-r), NULL);
+        } else if (r == -EEXIST) {
+                /* ids are never reused: the supervisor is confused. This
+                 * one is refused; the one served stays. */
+                log_error("Protocol error: mount %" PRIu64 " is served already", o->rec.id);
+                (void) send_status(w, o->rec.id, -EPROTO, "the mount is served already", NULL);
+        } else if (r < 0) {
+                log_error_errno(r, "mount %" PRIu64 ": cannot serve: %m", o->rec.id);
+                (void) send_status(w, o->rec.id, r, "cannot serve the connection", NULL);
+        } else
+                log_info("mount %" PRIu64 ": serving %s on %s", o->rec.id, o->rec.source, o->rec.mountpoint);
+        free(o);
+
+        pthread_mutex_lock(&ops->lock);
+        ops->n--;
+        pthread_cond_broadcast(&ops->cond);
+        pthread_mutex_unlock(&ops->lock);
+        return NULL;
+}
+
+/* mount_new() on an opener thread; falls back to mount_new() when no
+ * thread can be had. */
+static int mount_new_async(Supervised *w, const holdfast_MountRecord *m, int take_fd) {
+        if (!w->openers) {
+                Openers *ops = calloc(1, sizeof(*ops));
+                if (!ops)
+                        return mount_new(w, m, take_fd);
+                pthread_mutex_init(&ops->lock, NULL);
+                pthread_cond_init(&ops->cond, NULL);
+                w->openers = ops;
+        }
+        Openers *ops = w->openers;
+        Opening *o = malloc(sizeof(*o));
+        if (!o)
+                return mount_new(w, m, take_fd);
+        *o = (Opening) { .w = w, .ops = ops, .rec = *m, .fd = take_fd };
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        pthread_mutex_lock(&ops->lock);
+        while (ops->n >= OPENERS)
+                pthread_cond_wait(&ops->cond, &ops->lock);
+        pthread_t t;
+        int r = -pthread_create(&t, &attr, opener_main, o);
+        if (r >= 0) {
+                o->next = ops->running;
+                ops->running = o;
+                ops->n++;
+        }
+        pthread_mutex_unlock(&ops->lock);
+        pthread_attr_destroy(&attr);
+        if (r < 0) {
+                log_warn_errno(r, "mount %" PRIu64 ": no thread to open its layer on, opening it here: %m", m->id);
+                free(o);
+                return mount_new(w, m, take_fd);
+        }
+        return 0;
+}
+
+/* An Unmount of a mount whose layer is still opening: true when it was
+ * (it is cancelled now). */
+static bool mount_opening_cancel(Supervised *w, uint64_t id) {
+        Openers *ops = w->openers;
+        bool found = false;
+        if (!ops)
+                return false;
+        pthread_mutex_lock(&ops->lock);
+        for (Opening *o = ops->running; o; o = o->next)
+                if (o->rec.id == id) {
+                        o->cancelled = found = true;
+                        break;
+                }
+        pthread_mutex_unlock(&ops->lock);
+        return found;
+}
+
+/* Waits for every opener to end, and frees what they shared. */
+static void mount_openers_wait(Supervised *w) {
+        Openers *ops = TAKE_PTR(w->openers);
+        if (!ops)
+                return;
+        pthread_mutex_lock(&ops->lock);
+        while (ops->n > 0)
+                pthread_cond_wait(&ops->cond, &ops->lock);
+        pthread_mutex_unlock(&ops->lock);
+        pthread_cond_destroy(&ops->cond);
+        pthread_mutex_destroy(&ops->lock);
+        free(ops);
 }
 
 /* A connection a previous worker served (no INIT will come), set up
@@ -594,7 +746,7 @@ static int startup(Supervised *w, holdfast_Envelope *e, const WorkerArgs *args) 
         return r;
 }
 
-static int serve(Supervised *w, holdfast_Envelope *e) {
+static int serve_loop(Supervised *w, holdfast_Envelope *e) {
         for (;;) {
                 int fd = -EBADF;
                 int r = recv_env(w, e, &fd);
@@ -610,13 +762,15 @@ static int serve(Supervised *w, holdfast_Envelope *e) {
                                         close(fd);
                                 return r;
                         }
-                        r = mount_new(w, &e->msg.mount, fd);
+                        r = mount_new_async(w, &e->msg.mount, fd);
                         if (r < 0)
                                 return r;
                         break;
                 case holdfast_Envelope_unmount_tag:
                         if (fd >= 0)
                                 return unexpected(e, "Unmount without an fd", fd);
+                        if (mount_opening_cancel(w, e->msg.unmount.id))
+                                break;
                         if (fuse_server_remove(w->srv, e->msg.unmount.id) < 0)
                                 log_warn("Unmount of mount %" PRIu64 ", which is not served", e->msg.unmount.id);
                         else
@@ -630,6 +784,13 @@ static int serve(Supervised *w, holdfast_Envelope *e) {
                         return unexpected(e, "MountRecord, Unmount or Drain", fd);
                 }
         }
+}
+
+static int serve(Supervised *w, holdfast_Envelope *e) {
+        int r = serve_loop(w, e);
+        /* nothing may be added to the server once it stops */
+        mount_openers_wait(w);
+        return r;
 }
 
 int worker_run_supervised(const WorkerArgs *args) {

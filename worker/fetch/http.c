@@ -473,7 +473,13 @@ static int attempt_setup(Priv *p, uint64_t left_ms) {
         curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
         curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
         curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long) CURL_HTTP_VERSION_2TLS);
-        curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
+        /* Waiting for a connection that may multiplex saves TLS
+         * handshakes over HTTP/2, which we only ask for over TLS; over
+         * plain http curl would still wait for the first answer of a
+         * new connection before opening a second one, and a burst of
+         * requests (the layers of an image opening together) would go
+         * one round trip at a time. */
+        curl_easy_setopt(e, CURLOPT_PIPEWAIT, strncasecmp(req->url, "https://", 8) == 0 ? 1L : 0L);
         curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
         curl_easy_setopt(e, CURLOPT_BUFFERSIZE, 256L * 1024);
         curl_easy_setopt(e, CURLOPT_USERAGENT, h->user_agent);

@@ -61,8 +61,10 @@ typedef struct LayerSource {
         pthread_cond_t fetch_cond;   /* a fetch ended */
         uint8_t *fetching;       /* owned; per chunk: a thread fetches it now (with a
                                   * cache; else NULL); protected by fetch_lock */
-        pthread_t ra_thread;     /* the asynchronous readahead (read.c) */
-        bool ra_started, ra_stop; /* protected by fetch_lock */
+        pthread_t ra_threads[2]; /* the asynchronous readahead (read.c): one
+                                  * fetches while the other decodes */
+        unsigned ra_started;     /* protected by fetch_lock */
+        bool ra_stop;            /* protected by fetch_lock */
         uint64_t ra_from, ra_want; /* written under fetch_lock (ra_from also read
                                   * atomically without it): the next span asked for */
         bool from_store;         /* the index came from the store */

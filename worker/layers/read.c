@@ -6,7 +6,12 @@
  * READAHEAD bytes of the same file, with one range request per run of
  * consecutive missing chunks (a file's chunks are consecutive in the
  * blob, and eStargz writes chunk members back to back), decodes and verifies each chunk, stores it and copies what the
- * reader asked for. A chunk that cannot be stored (a full disk) is still
+ * reader asked for. The chunks that follow in the blob come along in
+ * the same request, or, past NEIGHBOURS_ASYNC for a reader that does
+ * not walk the blob, in a request of the layer's readahead thread made
+ * at the same time. A chunk is handed
+ * to the threads waiting for it as soon as it is stored, before the
+ * rest of its span. A chunk that cannot be stored (a full disk) is still
  * answered from memory; a chunk that cannot be verified is never
  * answered. Two threads missing the same chunk both fetch it: the cache
  * keeps one copy. */
@@ -29,10 +34,19 @@
 #define RUN_MAX (16u << 20)
 /* A miss brings along the chunks that follow it in the blob: from
  * NEIGHBOURS_MIN bytes, growing up to NEIGHBOURS_MAX_SPAN for a reader
- * that walks the blob, and at most NEIGHBOURS_MAX chunks. */
+ * that walks the blob, up to NEIGHBOURS_NEAR_SPAN for one whose misses
+ * stay within NEIGHBOURS_NEAR of each other, and at most NEIGHBOURS_MAX
+ * chunks. */
 #define NEIGHBOURS_MIN (128u << 10)
 #define NEIGHBOURS_MAX_SPAN (8u << 20)
+#define NEIGHBOURS_NEAR (2u << 20)
+#define NEIGHBOURS_NEAR_SPAN (1u << 20)
 #define NEIGHBOURS_MAX 1024
+/* Neighbours of at least this many bytes are fetched by the readahead
+ * thread, in a request of their own, while the reader's own chunks come
+ * (fewer bytes to wait for on a slow link, and the decoding of the
+ * neighbours runs on another core). */
+#define NEIGHBOURS_ASYNC (256u << 10)
 
 /* Claims ids[0..n) for fetching, as far as no other thread fetches them
  * already: returns how many (a prefix), or 0 after waiting for the
@@ -49,8 +63,11 @@ static size_t claim(LayerSource *ls, const uint32_t *ids, size_t n) {
                 pthread_mutex_unlock(&ls->fetch_lock);
                 return 0;
         }
+        /* a chunk cached since the caller looked (fetching is cleared
+         * only after the chunk was stored) is not fetched again: 0 sends
+         * the caller to look again */
         size_t k = 0;
-        while (k < n && !ls->fetching[ids[k]])
+        while (k < n && !ls->fetching[ids[k]] && !cache_layer_chunk_present(ls->cache, ids[k]))
                 ls->fetching[ids[k++]] = 1;
         pthread_mutex_unlock(&ls->fetch_lock);
         return k;
@@ -103,6 +120,10 @@ static int fetch_span(LayerSource *ls, ChunkDecoder *d, const uint32_t *ids, siz
                         return errmsg_prefix(err, r, "chunk at blob offset %" PRIu64, c->blob_offset);
                 /* a chunk not stored (a full disk) is still answered below */
                 (void) cache_layer_put(ls->cache, ids[i], out, (size_t) c->size);
+                /* a reader waiting for this chunk need not wait for the
+                 * rest of the span (our caller unclaims it again) */
+                if (i + 1 < n)
+                        unclaim(ls, ids + i, 1);
                 if (want && i < n_want) {
                         uint64_t lo = MAX(want_off, c->file_offset);
                         uint64_t hi = MIN(want_off + want_len, c->file_offset + c->size);
@@ -131,16 +152,29 @@ static size_t span_len(const Index *idx, const uint32_t *ids, size_t n) {
  * (a random reader, like an interpreter importing modules, pays little
  * for it) and grows fourfold while each miss starts where the last fetch ended
  * (a reader walking the layer, like a copy, then streams it in large
- * requests), as the kernel's readahead does. Returns the new count. */
-static size_t add_neighbours(LayerSource *ls, uint32_t *ids, size_t n, size_t cap) {
+ * requests), as the kernel's readahead does. It doubles, up to
+ * NEIGHBOURS_NEAR_SPAN, while misses land near the last fetch, before
+ * or after it: an interpreter importing modules jumps around one
+ * directory (__pycache__), and each request saved is a round trip to
+ * the registry, while the bytes are mostly the directory's anyway.
+ * Returns the new count; *ret_span is the span, for the caller to keep
+ * (ra_span, ra_end) once the fetch is its own. */
+static size_t add_neighbours(LayerSource *ls, uint32_t *ids, size_t n, size_t cap, bool *ret_walking,
+                             uint64_t *ret_span) {
         const Index *idx = ls->layer->index;
+        *ret_walking = false;
+        *ret_span = 0;
         if (!ls->blob_order)
                 return n;
         uint64_t start = idx->chunks[ids[0]].blob_offset;
         uint64_t last = __atomic_load_n(&ls->ra_end, __ATOMIC_RELAXED);
         uint64_t span = __atomic_load_n(&ls->ra_span, __ATOMIC_RELAXED);
-        if (last && start >= last && start - last <= NEIGHBOURS_MIN)
+        if (last && start >= last && start - last <= NEIGHBOURS_MIN) {
                 span = MIN(span * 4, (uint64_t) NEIGHBOURS_MAX_SPAN);
+                *ret_walking = true;
+        } else if (last && (start >= last ? start - last : last - start) <= NEIGHBOURS_NEAR)
+                span = span < NEIGHBOURS_NEAR_SPAN / 2 ? MAX(span * 2, (uint64_t) NEIGHBOURS_MIN)
+                                                       : MAX(span, (uint64_t) NEIGHBOURS_NEAR_SPAN);
         else
                 span = NEIGHBOURS_MIN;
         for (size_t p = ls->blob_pos[ids[n - 1]] + 1; n < cap && p < idx->n_chunks; p++) {
@@ -150,9 +184,7 @@ static size_t add_neighbours(LayerSource *ls, uint32_t *ids, size_t n, size_t ca
                         break;
                 ids[n++] = ls->blob_order[p];
         }
-        /* racy between threads by design: a hint, not a contract */
-        __atomic_store_n(&ls->ra_span, span, __ATOMIC_RELAXED);
-        __atomic_store_n(&ls->ra_end, idx->chunks[ids[n - 1]].blob_end, __ATOMIC_RELAXED);
+        *ret_span = span;
         return n;
 }
 
@@ -210,7 +242,10 @@ int layer_fetch_chunks(LayerSource *ls, ChunkDecoder *d, const uint32_t *ids, si
  * READAHEAD_ASYNC) and reads into the second half of what the last fetch
  * brought gets the next span fetched by a thread of the layer's own
  * while it reads this one, so that a copy of the layer streams instead
- * of stopping at every span. */
+ * of stopping at every span. Two threads take the asks, so that the
+ * next span's request is on the wire while the last one is decoded;
+ * they also fetch the neighbours of a miss that are not worth waiting
+ * for (NEIGHBOURS_ASYNC). */
 #define READAHEAD_ASYNC (1u << 20)
 
 static void *readahead_main(void *userdata) {
@@ -241,11 +276,14 @@ static void *readahead_main(void *userdata) {
                 }
                 for (size_t p = lo; p < idx->n_chunks && n < NEIGHBOURS_MAX; p++) {
                         const IndexChunk *c = &idx->chunks[ls->blob_order[p]];
+                        bool present = cache_layer_chunk_present(ls->cache, ls->blob_order[p]);
+                        if (n == 0 && present && c->blob_end - from <= span)
+                                continue; /* a reader was quicker */
                         if (n == 0)
                                 start = c->blob_offset;
                         else if (c->blob_offset != prev_end)
                                 break;
-                        if (c->blob_end - start > span || cache_layer_chunk_present(ls->cache, ls->blob_order[p]))
+                        if (c->blob_end - start > span || present)
                                 break;
                         ids[n++] = ls->blob_order[p];
                         prev_end = c->blob_end;
@@ -261,6 +299,22 @@ static void *readahead_main(void *userdata) {
         free(ids);
         chunk_decoder_free(d);
         return NULL;
+}
+
+/* Asks the readahead thread for the missing chunks from blob offset
+ * from on, back to back, within want bytes; an ask it has not started
+ * on yet is replaced. */
+static void readahead_ask(LayerSource *ls, uint64_t from, uint64_t want) {
+        pthread_mutex_lock(&ls->fetch_lock);
+        while (ls->ra_started < ELEMENTSOF(ls->ra_threads) && !ls->ra_stop &&
+               pthread_create(&ls->ra_threads[ls->ra_started], NULL, readahead_main, ls) == 0)
+                ls->ra_started++;
+        if (ls->ra_started > 0 && ls->ra_from != from) {
+                __atomic_store_n(&ls->ra_from, from, __ATOMIC_RELAXED);
+                ls->ra_want = want;
+                pthread_cond_broadcast(&ls->fetch_cond);
+        }
+        pthread_mutex_unlock(&ls->fetch_lock);
 }
 
 static void readahead_maybe(LayerSource *ls, uint64_t ino, uint64_t last_byte) {
@@ -279,16 +333,9 @@ static void readahead_maybe(LayerSource *ls, uint64_t ino, uint64_t last_byte) {
          * only costs the locked check below) */
         if (__atomic_load_n(&ls->ra_from, __ATOMIC_RELAXED) == end)
                 return;
-        pthread_mutex_lock(&ls->fetch_lock);
-        if (!ls->ra_started && !ls->ra_stop)
-                ls->ra_started = pthread_create(&ls->ra_thread, NULL, readahead_main, ls) == 0;
-        if (ls->ra_started && ls->ra_from != end) {
-                __atomic_store_n(&ls->ra_from, end, __ATOMIC_RELAXED);
-                ls->ra_want = MIN(span * 2, (uint64_t) NEIGHBOURS_MAX_SPAN);
-                __atomic_store_n(&ls->ra_span, ls->ra_want, __ATOMIC_RELAXED);
-                pthread_cond_broadcast(&ls->fetch_cond);
-        }
-        pthread_mutex_unlock(&ls->fetch_lock);
+        span = MIN(span * 2, (uint64_t) NEIGHBOURS_MAX_SPAN);
+        __atomic_store_n(&ls->ra_span, span, __ATOMIC_RELAXED);
+        readahead_ask(ls, end, span);
 }
 
 void layer_source_readahead_stop(LayerSource *ls) {
@@ -296,11 +343,11 @@ void layer_source_readahead_stop(LayerSource *ls) {
                 return;
         pthread_mutex_lock(&ls->fetch_lock);
         ls->ra_stop = true;
-        bool started = ls->ra_started;
+        unsigned started = ls->ra_started;
         pthread_cond_broadcast(&ls->fetch_cond);
         pthread_mutex_unlock(&ls->fetch_lock);
-        if (started)
-                pthread_join(ls->ra_thread, NULL);
+        for (unsigned i = 0; i < started; i++)
+                pthread_join(ls->ra_threads[i], NULL);
 }
 
 ssize_t layer_source_read(LayerSource *ls, ChunkDecoder *d, uint64_t ino, uint64_t off, size_t len, void *buf,
@@ -337,9 +384,26 @@ ssize_t layer_source_read(LayerSource *ls, ChunkDecoder *d, uint64_t ino, uint64
                         ids[i] = (uint32_t) (first + i);
                 k = span_len(idx, ids, k);
                 size_t own = k;
-                k = claim(ls, ids, add_neighbours(ls, ids, k, ELEMENTSOF(ids)));
+                bool walking;
+                uint64_t span;
+                size_t total = add_neighbours(ls, ids, k, ELEMENTSOF(ids), &walking, &span);
+                uint64_t nb_from = idx->chunks[ids[own - 1]].blob_end, nb_end = idx->chunks[ids[total - 1]].blob_end;
+                /* the reader waits for its own chunks only (a reader
+                 * walking the blob reads the neighbours next: one
+                 * request, and the readahead below, serve it better) */
+                bool split = !walking && total > own && ls->fetching && nb_end - nb_from >= NEIGHBOURS_ASYNC;
+                k = claim(ls, ids, split ? own : total);
                 if (k == 0)
                         continue; /* fetched by another thread meanwhile: look again */
+                if (span > 0) {
+                        /* racy between threads by design: a hint, not a
+                         * contract; only fetches count (a reader that
+                         * waited for another's fetch walks nothing) */
+                        __atomic_store_n(&ls->ra_span, span, __ATOMIC_RELAXED);
+                        __atomic_store_n(&ls->ra_end, nb_end, __ATOMIC_RELAXED);
+                }
+                if (split)
+                        readahead_ask(ls, nb_from, nb_end - nb_from);
                 own = MIN(own, k);
                 r = fetch_span(ls, d, ids, k, own, off, len, buf, err);
                 unclaim(ls, ids, k);
