@@ -8,8 +8,9 @@
  *   every mount's record and fd, reads none, and takes over when current
  *   exits: after a crash, or when an upgrade drains current); a standby
  *   replaced by an upgrade is killed and only reaped;
- * - WorkerGo goes to a worker only once the previous one is reaped, so two
- *   workers never read one connection;
+ * - WorkerGo goes to a worker only once the previous one has exited (its
+ *   pidfd is readable: no thread of it is left), so two workers never
+ *   read one connection;
  * - a worker's death never drops a mount; only UMOUNT, a worker refusing a
  *   new MOUNT, or a plain stop do. */
 #include "supervisor/supervisor.h"
@@ -245,21 +246,25 @@ static void current_gone(Supervisor *s, Worker *w, bool crashed) {
          * still wait on connections it never counted. */
         closep(&s->prev_inflight_fd);
         s->prev_inflight_fd = w->serving_ms ? TAKE_FD(w->inflight_fd) : -1;
-        for (Mount *m = s->mounts.head; m; m = m->next)
-                m->served = false;
         if (crashed && !s->down_since_us)
                 s->down_since_us = now_us();
-        if (s->stopping)
-                return;
-        if (s->upgrading && !s->standby) /* the new worker died while taking over */
-                upgrade_done(s, -ECHILD, "the new worker %s while taking over the mounts; respawning", w->exit_text);
-        if (s->standby && !(crashed && crash_loop(s))) {
-                if (crashed && served_long(w))
-                        s->backoff_ms = 0;
-                promote_standby(s);
-        } else if (!s->gave_up)
-                respawn_later(s, w);
-        sd_status(s);
+        if (!s->stopping) {
+                if (s->upgrading && !s->standby) /* the new worker died while taking over */
+                        upgrade_done(s, -ECHILD, "the new worker %s while taking over the mounts; respawning",
+                                     w->exit_text);
+                if (s->standby && !(crashed && crash_loop(s))) {
+                        if (crashed && served_long(w))
+                                s->backoff_ms = 0;
+                        promote_standby(s);
+                } else if (!s->gave_up)
+                        respawn_later(s, w);
+        }
+        /* After WorkerGo went out (readers wait for it, not for a walk
+         * over a thousand mounts); no MountStatus came in between. */
+        for (Mount *m = s->mounts.head; m; m = m->next)
+                m->served = false;
+        if (!s->stopping)
+                sd_status(s);
 }
 
 static void standby_gone(Supervisor *s, Worker *w, bool crashed) {

@@ -5,7 +5,8 @@
  * Invariants: a worker's fds go to it only between WorkerReady and its
  * exit; a worker is never given a connection while another process might
  * still read it (supervisor.c sends the start sequence only after the
- * previous worker's pidfd reported its exit and it was reaped). Our end of
+ * previous worker's pidfd reported its exit: every thread of it is gone,
+ * only a zombie is left, reaped 100 ms later). Our end of
  * the socket is blocking with a send deadline: a worker that stops reading
  * is killed rather than stalling the loop. */
 #include "supervisor/worker.h"
@@ -28,6 +29,10 @@
 /* An upgrade waits this long at most for the new worker's Warm. */
 #define WORKER_WARM_TIMEOUT_MS 10000
 #define WORKER_DRAIN_TIMEOUT_MS 5000
+/* An exited worker is reaped this long after its successor was sent
+ * WorkerGo (on_pidfd says why). */
+#define REAP_DELAY_MS 100
+#define REAP_PENDING_MAX 16
 
 const char *worker_state_to_string(WorkerState st) {
         static const char *const names[] = {
@@ -42,7 +47,56 @@ static void on_sock(uv_poll_t *h, int status, int events);
 static void on_pidfd(uv_poll_t *h, int status, int events);
 static void on_timer(uv_timer_t *t);
 
+/* The pidfds of exited workers whose reaping is put off (on_pidfd). A
+ * timer reaps them; at exit (a stop ends the loop before it may fire)
+ * reap_pending_all() does. After a re-exec, worker_adopt() reaps what the
+ * previous image left. */
+static struct {
+        int pidfds[REAP_PENDING_MAX];
+        unsigned n;
+        uv_timer_t timer;
+        bool ready;              /* timer initialized, atexit registered */
+} reap_pending;
+
+static void reap_pidfd(int pidfd) {
+        siginfo_t si = {};
+        (void) waitid((idtype_t) P_PIDFD, (id_t) pidfd, &si, WEXITED | WNOHANG);
+        close(pidfd);
+}
+
+static void reap_pending_all(void) {
+        for (unsigned i = 0; i < reap_pending.n; i++)
+                reap_pidfd(reap_pending.pidfds[i]);
+        reap_pending.n = 0;
+}
+
+static void on_reap_timer(_unused_ uv_timer_t *t) {
+        reap_pending_all();
+}
+
+/* Takes pidfd, of an exited worker: reaped within REAP_DELAY_MS. */
+static void reap_later(Supervisor *s, int take_pidfd) {
+        /* a stop closes every handle: no new timer then */
+        if (s->stopping)
+                return reap_pidfd(take_pidfd);
+        if (!reap_pending.ready) {
+                uv_timer_init(s->loop, &reap_pending.timer);
+                /* the loop may end without it: atexit reaps */
+                uv_unref((uv_handle_t *) &reap_pending.timer);
+                reap_pending.ready = atexit(reap_pending_all) == 0;
+        }
+        if (!reap_pending.ready || reap_pending.n == REAP_PENDING_MAX ||
+            uv_is_closing((uv_handle_t *) &reap_pending.timer))
+                return reap_pidfd(take_pidfd);
+        reap_pending.pidfds[reap_pending.n++] = take_pidfd;
+        uv_timer_start(&reap_pending.timer, on_reap_timer, REAP_DELAY_MS, 0);
+}
+
 static void worker_destroy(Worker *w) {
+        /* An exited worker's zombie: reaped a while after WorkerGo went
+         * out (on_pidfd). */
+        if (w->state == WORKER_EXITED && w->pidfd >= 0)
+                reap_later(w->sup, TAKE_FD(w->pidfd));
         closep(&w->pidfd);
         closep(&w->sock);
         closep(&w->inflight_fd);
@@ -158,6 +212,16 @@ int worker_spawn(Supervisor *s, const char *path, uint64_t generation, Worker **
 }
 
 int worker_adopt(Supervisor *s, const holdfast_SupervisorState *st, Worker **ret) {
+        /* Zombies the image before our execve had not reaped yet
+         * (reap_later): every exited child but the worker we adopt (if that
+         * one exited too, its pidfd reports it). */
+        for (;;) {
+                siginfo_t si = {};
+                if (waitid(P_ALL, 0, &si, WEXITED | WNOHANG | WNOWAIT) < 0 || si.si_pid == 0 ||
+                    si.si_pid == (pid_t) st->worker_pid)
+                        break;
+                (void) waitpid(si.si_pid, NULL, WNOHANG);
+        }
         _cleanup_close_ int pidfd = st->worker_pidfd, sock = st->worker_sock, inflight = st->worker_inflight_fd;
         _cleanup_(worker_freep) Worker *w = calloc(1, sizeof(*w));
         if (!w)
@@ -248,7 +312,8 @@ void worker_go(Worker *w) {
         assert(w->state == WORKER_HOLDING);
         holdfast_Envelope e = { .which_msg = holdfast_Envelope_worker_go_tag };
         uv_timer_stop(&w->timer);
-        for (Mount *m = s->mounts.head; m; m = m->next)
+        /* readers wait for this message: no walk over every mount before it */
+        for (Mount *m = s->mounts.head; m && !e.msg.worker_go.takeover; m = m->next)
                 if (m->sent_gen != 0 || m->initialized)
                         e.msg.worker_go.takeover = true;
         e.msg.worker_go.drained = e.msg.worker_go.takeover && s->last_drained;
@@ -429,10 +494,20 @@ static void on_sock(uv_poll_t *h, int status, _unused_ int events) {
         }
 }
 
+/* The pidfd is readable once every thread of the worker has exited: it
+ * cannot read a connection any more, and its successor may take over.
+ * The status is read with WNOWAIT and the zombie reaped 100 ms later
+ * (reap_later), well after supervisor_on_worker_exit() sent WorkerGo:
+ * reaping is not free, the kernel then drops the process's /proc
+ * dentries, and when something on the machine has walked /proc/PID/fd
+ * (monitoring agents, lsof, ss -p) those are one per open fd. With 1,000
+ * layers (2,000 fds) that took 1-3 ms of kernel time here, not preempted:
+ * before WorkerGo readers waited for it, and right after it a reader
+ * woken on that CPU did. */
 static void on_pidfd(uv_poll_t *h, _unused_ int status, _unused_ int events) {
         Worker *w = h->data;
         siginfo_t si = {};
-        if (waitid((idtype_t) P_PIDFD, (id_t) w->pidfd, &si, WEXITED | WNOHANG) < 0) {
+        if (waitid((idtype_t) P_PIDFD, (id_t) w->pidfd, &si, WEXITED | WNOHANG | WNOWAIT) < 0) {
                 if (errno != ECHILD) {
                         log_error("waitid(worker %d): %s", (int) w->pid, strerror(errno));
                         return;

@@ -20,7 +20,8 @@ typedef enum WorkerState {
         WORKER_STARTING,  /* WorkerGo sent; MountStatus pending */
         WORKER_SERVING,
         WORKER_DRAINING,  /* Drain sent; waiting for its exit */
-        WORKER_EXITED,    /* reaped; handles closing */
+        WORKER_EXITED,    /* exited (pidfd readable); handles closing; the
+                           * zombie is reaped a moment later (worker.c) */
 } WorkerState;
 
 typedef struct Worker {
@@ -58,7 +59,7 @@ int worker_load(Worker *w);
 /* The senders below kill a worker they cannot send to: its exit says what
  * next. */
 /* WorkerGo: HOLDING -> STARTING (or SERVING with no mounts). Only once
- * the previous holder of the mounts was reaped. */
+ * the previous holder of the mounts exited (its pidfd said so). */
 void worker_go(Worker *w);
 /* A new mount, or one whose INIT parameters changed, to a worker that
  * holds or serves the others. */

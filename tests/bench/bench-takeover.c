@@ -8,8 +8,12 @@
  * request took while it ran (what a reader waited). Prints the
  * distributions; any failed
  * syscall or wrong byte is counted and printed, never hidden.
- *   bench-takeover --ctl HOLDFASTCTL --root ROOT --kills N --upgrades N MOUNT [MOUNT...]
- * Every loop is bounded: N events, each waited for at most 10 s. */
+ *   bench-takeover --ctl HOLDFASTCTL --root ROOT --kills N --upgrades N [--ftrace] MOUNT [MOUNT...]
+ * Every loop is bounded: N events, each waited for at most 10 s.
+ * --ftrace: the kernel's trace buffer (tracefs at /sys/kernel/tracing,
+ * with the events the caller enabled) records only from just before each
+ * kill to just after the recovery, with a marker "kill N" at the kill and
+ * "recovered N" at the end; the caller reads the trace afterwards. */
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -38,6 +42,21 @@ static atomic_uint_fast64_t first_ok_ns;   /* first success of a request started
 static atomic_uint_fast64_t failures, ops;
 static atomic_uint_fast64_t max_wait_ns;   /* longest request since the last reset */
 static atomic_bool stop;
+static int trace_on_fd = -1, trace_marker_fd = -1; /* --ftrace */
+
+static void trace_mark(const char *what, int i) {
+        if (trace_marker_fd < 0)
+                return;
+        char buf[64];
+        int n = snprintf(buf, sizeof(buf), "%s %d", what, i);
+        if (write(trace_marker_fd, buf, (size_t) n) < 0)
+                perror("trace_marker");
+}
+
+static void trace_switch(bool on) {
+        if (trace_on_fd >= 0 && pwrite(trace_on_fd, on ? "1" : "0", 1, 0) < 0)
+                perror("tracing_on");
+}
 
 static void *prober(void *arg) {
         (void) arg;
@@ -147,6 +166,7 @@ int main(int argc, char **argv) {
                 { "root", required_argument, NULL, 'r' },
                 { "kills", required_argument, NULL, 'k' },
                 { "upgrades", required_argument, NULL, 'u' },
+                { "ftrace", no_argument, NULL, 't' },
                 {},
         };
         const char *ctl = NULL, *root = NULL;
@@ -157,10 +177,19 @@ int main(int argc, char **argv) {
                 case 'r': root = optarg; break;
                 case 'k': kills = atoi(optarg); break;
                 case 'u': upgrades = atoi(optarg); break;
+                case 't':
+                        trace_on_fd = open("/sys/kernel/tracing/tracing_on", O_WRONLY | O_CLOEXEC);
+                        trace_marker_fd = open("/sys/kernel/tracing/trace_marker", O_WRONLY | O_CLOEXEC);
+                        if (trace_on_fd < 0 || trace_marker_fd < 0) {
+                                perror("--ftrace: /sys/kernel/tracing");
+                                return 2;
+                        }
+                        trace_switch(false);
+                        break;
                 default: return 2;
                 }
         if (!ctl || !root || optind >= argc || kills < 0 || kills > 1000 || upgrades < 0 || upgrades > 1000) {
-                fprintf(stderr, "usage: bench-takeover --ctl HOLDFASTCTL --root ROOT [--kills N] [--upgrades N] MOUNT...\n");
+                fprintf(stderr, "usage: bench-takeover --ctl HOLDFASTCTL --root ROOT [--kills N] [--upgrades N] [--ftrace] MOUNT...\n");
                 return 2;
         }
         mounts = argv + optind;
@@ -182,6 +211,8 @@ int main(int argc, char **argv) {
                         break;
                 }
                 atomic_store(&first_ok_ns, 0);
+                trace_switch(true);
+                trace_mark("kill", i);
                 /* the clock starts once the signal is queued: a request
                  * started before that could still be answered by the
                  * worker being killed */
@@ -196,6 +227,8 @@ int main(int argc, char **argv) {
                         atomic_fetch_add(&failures, 1);
                         break;
                 }
+                trace_mark("recovered", i);
+                trace_switch(false);
                 nk++;
                 atomic_store(&event_ns, 0);
                 /* let the new worker serve for over a second, so that the

@@ -101,53 +101,55 @@ void inflight_slot_release(InflightTable *t, uint32_t slot) {
         pthread_mutex_unlock(&t->lock);
 }
 
+/* Reads len bytes at off of fd, or -EBADMSG when the file is shorter. */
+static int read_at(int fd, void *buf, size_t len, off_t off) {
+        for (size_t done = 0; done < len;) {
+                ssize_t n = pread(fd, (uint8_t *) buf + done, len - done, off + (off_t) done);
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n < 0)
+                        return -errno;
+                if (n == 0)
+                        return -EBADMSG;
+                done += (size_t) n;
+        }
+        return 0;
+}
+
 int inflight_table_read_busy(int fd, uint64_t **ret_ids) {
+        /* Read, not mapped: this runs while readers wait for the takeover,
+         * and unmapping costs a TLB shootdown on every CPU our threads ran
+         * on. The writer is dead (WorkerGo comes after its exit): plain
+         * copies see its last stores. */
         struct stat st;
         if (fstat(fd, &st) < 0)
                 return -errno;
         if (!S_ISREG(st.st_mode) || (uint64_t) st.st_size != INFLIGHT_SIZE)
                 return -EBADMSG;
-        const void *map = mmap(NULL, INFLIGHT_SIZE, PROT_READ, MAP_SHARED, fd, 0);
-        if (map == MAP_FAILED)
-                return -errno;
-        const InflightHeader *hdr = map;
-        const InflightSlot *slots = (const InflightSlot *) (hdr + 1);
-        int r;
-        uint64_t *ids = NULL;
-        size_t n = 0, cap = 0;
-        if (memcmp(hdr->magic, inflight_magic, sizeof(inflight_magic)) != 0 || hdr->version != INFLIGHT_VERSION ||
-            hdr->n_slots != INFLIGHT_SLOTS) {
-                r = -EBADMSG;
-                goto out;
-        }
-        if (__atomic_load_n(&hdr->overflow, __ATOMIC_ACQUIRE)) {
-                r = -EOVERFLOW;
-                goto out;
-        }
-        /* only the slots ever claimed: the rest are holes, and reading
-         * them would fault in pages for nothing */
-        uint32_t end = MIN(__atomic_load_n(&hdr->hiwater, __ATOMIC_ACQUIRE), INFLIGHT_SLOTS);
-        for (uint32_t i = 0; i < end; i++) {
-                uint64_t id = __atomic_load_n(&slots[i].mount_id, __ATOMIC_ACQUIRE);
-                if (id == 0 || __atomic_load_n(&slots[i].busy, __ATOMIC_ACQUIRE) == 0)
-                        continue;
-                if (n == cap) {
-                        cap = cap ? cap * 2 : 16;
-                        uint64_t *p = realloc(ids, cap * sizeof(*p));
-                        if (!p) {
-                                r = -ENOMEM;
-                                goto out;
-                        }
-                        ids = p;
-                }
-                ids[n++] = id;
-        }
+        InflightHeader hdr;
+        int r = read_at(fd, &hdr, sizeof(hdr), 0);
+        if (r < 0)
+                return r;
+        if (memcmp(hdr.magic, inflight_magic, sizeof(inflight_magic)) != 0 || hdr.version != INFLIGHT_VERSION ||
+            hdr.n_slots != INFLIGHT_SLOTS)
+                return -EBADMSG;
+        if (hdr.overflow)
+                return -EOVERFLOW;
+        /* only the slots ever claimed: the rest are holes */
+        uint32_t end = MIN(hdr.hiwater, INFLIGHT_SLOTS);
+        _cleanup_free_ InflightSlot *slots = malloc(MAX(end, 1u) * sizeof(InflightSlot));
+        _cleanup_free_ uint64_t *ids = malloc(MAX(end, 1u) * sizeof(uint64_t));
+        if (!slots || !ids)
+                return -ENOMEM;
+        r = read_at(fd, slots, (size_t) end * sizeof(InflightSlot), (off_t) sizeof(InflightHeader));
+        if (r < 0)
+                return r;
+        size_t n = 0;
+        for (uint32_t i = 0; i < end; i++)
+                if (slots[i].mount_id != 0 && slots[i].busy != 0)
+                        ids[n++] = slots[i].mount_id;
         *ret_ids = TAKE_PTR(ids);
-        r = (int) n;
-out:
-        free(ids);
-        munmap((void *) map, INFLIGHT_SIZE);
-        return r;
+        return (int) n;
 }
 
 /* ---- backing ids ---- */

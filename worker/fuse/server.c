@@ -8,6 +8,12 @@
  * simply not found. Key 0 is the stop eventfd, which is never read: once
  * written it wakes every thread until they all have exited.
  *
+ * The serving threads are created with the server and park, their buffers
+ * allocated and touched, until fuse_server_start() opens the gate: a
+ * standby holds its connections that way, and a takeover then costs no
+ * thread creation, stack or heap growth (0.3-0.5 ms per thread here with
+ * a large heap, whose new huge pages the kernel zeroes on first touch).
+ *
  * Threads: the main thread calls the fuse_server_* functions; serving
  * threads run serve_thread(). */
 #include "worker/fuse/server.h"
@@ -33,12 +39,19 @@ struct FuseServer {
         int epfd;                /* owned */
         int stopfd;              /* owned; eventfd */
         bool stopping;           /* atomic */
-        pthread_t *threads;      /* owned */
+        pthread_t *threads;      /* owned; cfg.n_threads */
         unsigned n_started;
+        pthread_mutex_t gate_lock;
+        pthread_cond_t gate;     /* opened: broadcast under gate_lock */
+        bool open;               /* protected by gate_lock: fuse_server_start() was called */
         FuseDispatchHooks hooks;
 
         pthread_mutex_t lock;
         FuseSession **sessions;  /* protected by lock; each holds a reference */
+        /* protected by lock: sessions[i]'s key and mount id, so that a
+         * lookup (one per request) scans 16 bytes per connection and does
+         * not touch a thousand cold sessions after a takeover */
+        uint64_t *keys, *ids;
         size_t n_sessions, cap_sessions; /* protected by lock */
         uint64_t next_key;       /* protected by lock */
 
@@ -52,6 +65,8 @@ struct FuseServer {
         size_t resent;           /* atomic: RESENDs that succeeded */
         size_t resend_done;      /* atomic: RESENDs written or failed */
 };
+
+static int start_threads(FuseServer *srv);
 
 static void on_session_init(void *userdata, FuseSession *s) {
         FuseServer *srv = userdata;
@@ -71,6 +86,8 @@ int fuse_server_new(const FuseServerConfig *cfg, FuseServer **ret) {
         srv->epfd = srv->stopfd = -EBADF;
         srv->next_key = 1;
         pthread_mutex_init(&srv->lock, NULL);
+        pthread_mutex_init(&srv->gate_lock, NULL);
+        pthread_cond_init(&srv->gate, NULL);
         srv->hooks = (FuseDispatchHooks) { .on_init = on_session_init, .userdata = srv };
         int r;
         srv->epfd = epoll_create1(EPOLL_CLOEXEC);
@@ -92,6 +109,14 @@ int fuse_server_new(const FuseServerConfig *cfg, FuseServer **ret) {
         if (r < 0)
                 log_warn_errno(r, "Cannot create the in-flight table (a takeover after this worker resends every "
                                "connection first): %m");
+        srv->threads = calloc(srv->cfg.n_threads, sizeof(pthread_t));
+        if (!srv->threads) {
+                r = -ENOMEM;
+                goto fail;
+        }
+        /* parked until fuse_server_start(), which creates any that could
+         * not be created now */
+        (void) start_threads(srv);
         *ret = srv;
         return 0;
 fail:
@@ -106,6 +131,8 @@ FuseServer *fuse_server_free(FuseServer *srv) {
         for (size_t i = 0; i < srv->n_sessions; i++)
                 fuse_session_unref(srv->sessions[i]);
         free(srv->sessions);
+        free(srv->keys);
+        free(srv->ids);
         free(srv->threads);
         for (size_t i = 0; srv->resend && i < srv->n_resend; i++)
                 fuse_session_unref(srv->resend[i]);
@@ -115,6 +142,8 @@ FuseServer *fuse_server_free(FuseServer *srv) {
         if (srv->stopfd >= 0)
                 close(srv->stopfd);
         pthread_mutex_destroy(&srv->lock);
+        pthread_cond_destroy(&srv->gate);
+        pthread_mutex_destroy(&srv->gate_lock);
         /* after every session: each releases its slot */
         inflight_table_free(srv->inflight);
         free(srv);
@@ -130,10 +159,32 @@ int fuse_server_inflight_fd(FuseServer *srv) {
 }
 
 static ssize_t find_locked(FuseServer *srv, uint64_t key, uint64_t id, bool by_id) {
+        const uint64_t *v = by_id ? srv->ids : srv->keys, x = by_id ? id : key;
         for (size_t i = 0; i < srv->n_sessions; i++)
-                if (by_id ? srv->sessions[i]->id == id : srv->sessions[i]->key == key)
+                if (v[i] == x)
                         return (ssize_t) i;
         return -1;
+}
+
+/* Room for one more session. */
+static int grow_locked(FuseServer *srv) {
+        if (srv->n_sessions < srv->cap_sessions)
+                return 0;
+        size_t cap = srv->cap_sessions ? srv->cap_sessions * 2 : 8;
+        FuseSession **p = realloc(srv->sessions, cap * sizeof(*p));
+        if (!p)
+                return -ENOMEM;
+        srv->sessions = p;
+        uint64_t *k = realloc(srv->keys, cap * sizeof(*k));
+        if (!k)
+                return -ENOMEM;
+        srv->keys = k;
+        uint64_t *d = realloc(srv->ids, cap * sizeof(*d));
+        if (!d)
+                return -ENOMEM;
+        srv->ids = d;
+        srv->cap_sessions = cap;
+        return 0;
 }
 
 int fuse_server_add(FuseServer *srv, uint64_t id, int take_fd, const char *source, const FuseParams *params,
@@ -145,16 +196,9 @@ int fuse_server_add(FuseServer *srv, uint64_t id, int take_fd, const char *sourc
                 r = -EEXIST;
                 goto out_unlock;
         }
-        if (srv->n_sessions == srv->cap_sessions) {
-                size_t cap = srv->cap_sessions ? srv->cap_sessions * 2 : 8;
-                FuseSession **p = realloc(srv->sessions, cap * sizeof(*p));
-                if (!p) {
-                        r = -ENOMEM;
-                        goto out_unlock;
-                }
-                srv->sessions = p;
-                srv->cap_sessions = cap;
-        }
+        r = grow_locked(srv);
+        if (r < 0)
+                goto out_unlock;
         FuseSession *s;
         r = fuse_session_new(srv->next_key++, id, TAKE_FD(fd), source, params, TAKE_PTR(layer),
                              TAKE_PTR(layer_handle), &srv->cfg.layer_ops, &s);
@@ -170,7 +214,9 @@ int fuse_server_add(FuseServer *srv, uint64_t id, int take_fd, const char *sourc
                 fuse_session_unref(s);
                 goto out_unlock;
         }
-        srv->sessions[srv->n_sessions++] = s;
+        srv->sessions[srv->n_sessions] = s;
+        srv->keys[srv->n_sessions] = s->key;
+        srv->ids[srv->n_sessions++] = s->id;
         r = 0;
 out_unlock:
         pthread_mutex_unlock(&srv->lock);
@@ -184,7 +230,10 @@ out_unlock:
  * reference. */
 static FuseSession *detach_locked(FuseServer *srv, size_t i) {
         FuseSession *s = srv->sessions[i];
-        srv->sessions[i] = srv->sessions[--srv->n_sessions];
+        srv->n_sessions--;
+        srv->sessions[i] = srv->sessions[srv->n_sessions];
+        srv->keys[i] = srv->keys[srv->n_sessions];
+        srv->ids[i] = srv->ids[srv->n_sessions];
         (void) epoll_ctl(srv->epfd, EPOLL_CTL_DEL, s->fd, NULL);
         return s;
 }
@@ -212,8 +261,8 @@ size_t fuse_server_preload(FuseServer *srv, bool (*keep_going)(void *userdata), 
         pthread_mutex_lock(&srv->lock);
         size_t n = srv->n_sessions;
         uint64_t *keys = malloc(MAX(n, (size_t) 1) * sizeof(*keys));
-        for (size_t i = 0; keys && i < n; i++)
-                keys[i] = srv->sessions[i]->key;
+        if (keys && n)
+                memcpy(keys, srv->keys, n * sizeof(*keys));
         pthread_mutex_unlock(&srv->lock);
         if (!keys)
                 return 0;
@@ -304,17 +353,37 @@ static void resend_share(FuseServer *srv) {
         }
 }
 
+/* Touched while parked, so that the first requests after the gate opens
+ * fault in no page: headers and small replies (a takeover's first
+ * requests are LOOKUPs and GETATTRs), and the thread's own stack. */
+#define PREFAULT_SIZE (64u << 10)
+
+static __attribute__((noinline)) void prefault(FuseThread *t) {
+        volatile uint8_t stack[PREFAULT_SIZE / 4];
+        for (size_t i = 0; i < sizeof(stack); i += 4096)
+                stack[i] = 0;
+        memset(t->in, 0, PREFAULT_SIZE);
+        memset(t->out, 0, PREFAULT_SIZE);
+}
+
 static void *serve_thread(void *userdata) {
         FuseServer *srv = userdata;
         FuseThread t = {};
+        int r = chunk_decoder_new(&t.decoder);
+        t.in = malloc(FUSE_IN_BUF_SIZE);
+        t.out = malloc(FUSE_MAX_READ_SIZE);
+        if (t.in && t.out)
+                prefault(&t);
+        pthread_mutex_lock(&srv->gate_lock);
+        while (!srv->open && !__atomic_load_n(&srv->stopping, __ATOMIC_ACQUIRE))
+                pthread_cond_wait(&srv->gate, &srv->gate_lock);
+        pthread_mutex_unlock(&srv->gate_lock);
+        /* the share is taken even without buffers: the RESENDs need none */
         resend_share(srv);
         /* no thread waits on a connection until every RESEND is written:
          * each would wake it for nothing */
         for (int i = 0; i < 1000000 && __atomic_load_n(&srv->resend_done, __ATOMIC_ACQUIRE) < srv->n_resend; i++)
                 sched_yield();
-        int r = chunk_decoder_new(&t.decoder);
-        t.in = malloc(FUSE_IN_BUF_SIZE);
-        t.out = malloc(FUSE_MAX_READ_SIZE);
         if (r < 0 || !t.in || !t.out) {
                 log_error("serving thread: out of memory");
                 goto out;
@@ -357,11 +426,9 @@ int fuse_server_start_takeover(FuseServer *srv, const uint64_t *ids, ssize_t n, 
                 pthread_mutex_unlock(&srv->lock);
                 return -ENOMEM;
         }
-        for (size_t i = 0; i < srv->n_sessions; i++) {
-                FuseSession *s = srv->sessions[i];
-                if (n < 0 || id_in(s->id, ids, (size_t) n))
-                        srv->resend[srv->n_resend++] = fuse_session_ref(s);
-        }
+        for (size_t i = 0; i < srv->n_sessions; i++)
+                if (n < 0 || id_in(srv->ids[i], ids, (size_t) n))
+                        srv->resend[srv->n_resend++] = fuse_session_ref(srv->sessions[i]);
         pthread_mutex_unlock(&srv->lock);
         int r = fuse_server_start(srv);
         /* the threads that started did every RESEND before serving; this
@@ -374,23 +441,42 @@ int fuse_server_start_takeover(FuseServer *srv, const uint64_t *ids, ssize_t n, 
         return r;
 }
 
-int fuse_server_start(FuseServer *srv) {
-        srv->threads = calloc(srv->cfg.n_threads, sizeof(pthread_t));
-        if (!srv->threads)
-                return -ENOMEM;
-        for (unsigned i = 0; i < srv->cfg.n_threads; i++) {
+/* Creates the threads not created yet; they park at the gate. Returns 0
+ * or the first error (-errno). */
+static int start_threads(FuseServer *srv) {
+        for (unsigned i = srv->n_started; i < srv->cfg.n_threads; i++) {
                 int r = pthread_create(&srv->threads[i], NULL, serve_thread, srv);
-                if (r != 0) {
-                        fuse_server_stop(srv);
+                if (r != 0)
                         return -r;
-                }
                 srv->n_started++;
         }
         return 0;
 }
 
+int fuse_server_start(FuseServer *srv) {
+        int r = start_threads(srv);
+        if (r < 0) {
+                fuse_server_stop(srv);
+                return r;
+        }
+        pthread_mutex_lock(&srv->gate_lock);
+        srv->open = true;
+        pthread_cond_broadcast(&srv->gate);
+        pthread_mutex_unlock(&srv->gate_lock);
+        /* The threads were woken on our CPU, and the scheduler lets the
+         * waker run out its slice first: with two CPUs, our caller's next
+         * steps (and a supervisor busy reaping the previous worker) kept
+         * the first requests waiting for 0.3-0.5 ms. */
+        sched_yield();
+        return 0;
+}
+
 void fuse_server_stop(FuseServer *srv) {
         __atomic_store_n(&srv->stopping, true, __ATOMIC_RELEASE);
+        /* parked threads exit without serving */
+        pthread_mutex_lock(&srv->gate_lock);
+        pthread_cond_broadcast(&srv->gate);
+        pthread_mutex_unlock(&srv->gate_lock);
         if (srv->stopfd >= 0) {
                 uint64_t one = 1;
                 ssize_t _unused_ w = write(srv->stopfd, &one, sizeof(one));

@@ -1,7 +1,8 @@
 /* The serving side of holdfast-worker: N threads over one epoll set of
  * every connection's /dev/fuse fd, plus an eventfd that stops them.
  *
- * Lifecycle (main thread): fuse_server_new, fuse_server_add (any time),
+ * Lifecycle (main thread): fuse_server_new (creates the threads, which
+ * read nothing until fuse_server_start), fuse_server_add (any time),
  * fuse_server_start, fuse_server_remove (any time), fuse_server_stop
  * (drain: each thread finishes and answers the request it read, then
  * exits; nothing more is read), fuse_server_free. Callbacks run on
@@ -29,7 +30,8 @@ typedef struct FuseServerConfig {
 int fuse_server_new(const FuseServerConfig *cfg, FuseServer **ret);
 FuseServer *fuse_server_free(FuseServer *srv);
 
-/* Serves the connection take_fd (always consumed) of mount id. params:
+/* Any thread (new mounts' layers open on threads of their own). Serves
+ * the connection take_fd (always consumed) of mount id. params:
  * restored parameters of an initialized connection, or NULL to wait for
  * FUSE_INIT. layer/layer_handle: an opened layer (taken), or NULL to open
  * it from source on the first request. -EEXIST for an id served already. */
