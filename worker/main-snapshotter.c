@@ -25,8 +25,10 @@
  * opened at once, WARM_MAX at a time, so that their own Prepares find
  * their records in the store and mount without a request. A Prepare whose
  * layer is being warmed waits for that first. */
+#include <dirent.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -71,7 +73,10 @@ struct SnapNode {
         Snapshotter *store;      /* owned; set by the thread */
         GrpcServer *grpc;        /* owned; set by the thread */
         LayerEnv *env;           /* borrowed */
+        int lock_fd;             /* the store's RocksDB LOCK, closed by the
+                                  * memory keeper at our death; -1 */
         pthread_mutex_t lock;    /* protects the rest */
+        bool draining;           /* Drain came: the thread serves nothing */
         pthread_cond_t cond;     /* a warmer ended */
         char warming[WARM_MAX][DIGEST_STR_MAX + 1];  /* "" : a free slot */
         unsigned n_warming;
@@ -280,6 +285,24 @@ static void on_conn_fd(_unused_ void *userdata, int fd, bool open) {
         mm_keeper_shutdown_on_death(fd, open);
 }
 
+/* The fd of path in our table, or -1. */
+static int fd_of(const char *path) {
+        DIR *d = opendir("/proc/self/fd");
+        int found = -1;
+        for (struct dirent *de; d && found < 0 && (de = readdir(d));) {
+                char target[PATH_MAX];
+                ssize_t len = readlinkat(dirfd(d), de->d_name, target, sizeof(target) - 1);
+                if (len > 0) {
+                        target[len] = 0;
+                        if (strcmp(target, path) == 0)
+                                found = atoi(de->d_name);
+                }
+        }
+        if (d)
+                closedir(d);
+        return found;
+}
+
 static void *snap_main(void *userdata) {
         SnapNode *n = userdata;
         ErrMsg err = {};
@@ -294,13 +317,25 @@ static void *snap_main(void *userdata) {
                           err.text[0] ? err.text : strerror(-r));
                 return NULL;
         }
-        GrpcServerConfig tuning = { .on_error = on_grpc_error, .on_conn_fd = on_conn_fd };
-        r = snap_service_start(n->store, TAKE_FD(n->listen_fd), &tuning, &n->grpc, &err);
-        if (r < 0) {
-                log_error("Cannot serve containerd's snapshotter: %s", err.text[0] ? err.text : strerror(-r));
-                return NULL;
+        /* A killed worker's keeper would hold RocksDB's lock 300 ms
+         * (mm-keeper.h): containerd's calls would wait that long for the
+         * next worker. It closes the lock file at once instead. */
+        char lock_path[PATH_MAX];
+        if (realpath(n->dir, lock_path) && strlen(lock_path) + 9 < sizeof(lock_path)) {
+                strcat(lock_path, "/db/LOCK");
+                n->lock_fd = fd_of(lock_path);
+                if (n->lock_fd >= 0)
+                        mm_keeper_close_on_death(n->lock_fd, true);
         }
-        log_info("serving containerd's snapshotter (%s)", n->dir);
+        GrpcServerConfig tuning = { .on_error = on_grpc_error, .on_conn_fd = on_conn_fd };
+        pthread_mutex_lock(&n->lock);
+        if (!n->draining)
+                r = snap_service_start(n->store, TAKE_FD(n->listen_fd), &tuning, &n->grpc, &err);
+        pthread_mutex_unlock(&n->lock);
+        if (r < 0)
+                log_error("Cannot serve containerd's snapshotter: %s", err.text[0] ? err.text : strerror(-r));
+        else if (n->grpc)
+                log_info("serving containerd's snapshotter (%s)", n->dir);
         return NULL;
 }
 
@@ -310,6 +345,7 @@ int snap_node_start(const char *root, LayerEnv *env, int take_listen_fd, SnapNod
         if (!n)
                 return -ENOMEM;
         n->env = env;
+        n->lock_fd = -1;
         pthread_mutex_init(&n->lock, NULL);
         pthread_cond_init(&n->cond, NULL);
         n->listen_fd = TAKE_FD(fd);
@@ -331,11 +367,27 @@ int snap_node_start(const char *root, LayerEnv *env, int take_listen_fd, SnapNod
 void snap_node_drain(SnapNode *n) {
         if (!n)
                 return;
+        /* A store still opening (waiting for a predecessor's lock) is not
+         * waited for: it will serve nothing. */
+        pthread_mutex_lock(&n->lock);
+        n->draining = true;
+        GrpcServer *g = n->grpc;
+        pthread_mutex_unlock(&n->lock);
+        if (!g)
+                return;
+        if (grpc_server_drain(g, SNAP_DRAIN_MS) < 0) {
+                log_warn("snapshotter: calls still in flight after %d ms are cut off", SNAP_DRAIN_MS);
+                return;
+        }
+        /* Every call was answered: close the store now, while the mounts
+         * are still served, so that the next worker opens it at once. */
         if (n->started)
                 pthread_join(n->thread, NULL);
         n->started = false;
-        if (n->grpc && grpc_server_drain(n->grpc, SNAP_DRAIN_MS) < 0)
-                log_warn("snapshotter: calls still in flight after %d ms are cut off", SNAP_DRAIN_MS);
+        n->grpc = grpc_server_free(n->grpc);
+        if (n->lock_fd >= 0)
+                mm_keeper_close_on_death(TAKE_FD(n->lock_fd), false);
+        n->store = snapshotter_free(n->store);
 }
 
 SnapNode *snap_node_free(SnapNode *n) {
@@ -344,6 +396,8 @@ SnapNode *snap_node_free(SnapNode *n) {
         if (n->started)
                 pthread_join(n->thread, NULL);
         n->grpc = grpc_server_free(n->grpc);
+        if (n->lock_fd >= 0)
+                mm_keeper_close_on_death(TAKE_FD(n->lock_fd), false);
         n->store = snapshotter_free(n->store);
         /* warmers use the LayerEnv: they end within the fetch deadlines */
         pthread_mutex_lock(&n->lock);

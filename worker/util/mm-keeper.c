@@ -18,16 +18,25 @@
 #define KEEPER_STACK (64u << 10)
 #define SHUTDOWN_MAX 256
 
-/* fd + 1 of each registered socket, 0: a free slot */
+/* Registered fds: fd + 1 to shut down, -(fd + 1) to close; 0: a free
+ * slot */
 static int shutdown_fds[SHUTDOWN_MAX];
 
-void mm_keeper_shutdown_on_death(int fd, bool add) {
+static void on_death(int v, bool add) {
         for (unsigned i = 0; i < SHUTDOWN_MAX; i++) {
-                int expected = add ? 0 : fd + 1;
-                if (__atomic_compare_exchange_n(&shutdown_fds[i], &expected, add ? fd + 1 : 0, false,
-                                                __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
+                int expected = add ? 0 : v;
+                if (__atomic_compare_exchange_n(&shutdown_fds[i], &expected, add ? v : 0, false, __ATOMIC_SEQ_CST,
+                                                __ATOMIC_SEQ_CST))
                         return;
         }
+}
+
+void mm_keeper_shutdown_on_death(int fd, bool add) {
+        on_death(fd + 1, add);
+}
+
+void mm_keeper_close_on_death(int fd, bool add) {
+        on_death(-(fd + 1), add);
 }
 
 __attribute__((no_sanitize_address, no_sanitize_undefined)) static int keeper_main(void *arg) {
@@ -46,6 +55,8 @@ __attribute__((no_sanitize_address, no_sanitize_undefined)) static int keeper_ma
                 int v = __atomic_load_n(&shutdown_fds[i], __ATOMIC_SEQ_CST);
                 if (v > 0)
                         syscall(SYS_shutdown, v - 1, SHUT_RDWR);
+                else if (v < 0)
+                        syscall(SYS_close, -v - 1);
         }
         /* let the next worker finish its takeover before the kernel frees
          * what this one held */

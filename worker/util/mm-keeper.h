@@ -25,3 +25,6 @@ int mm_keeper_start(void);
  * else forgets it (before the fd is closed). At most 256 at once (more
  * are not registered); any thread. */
 void mm_keeper_shutdown_on_death(int fd, bool add);
+/* Files the keeper closes as soon as the worker died: a lock file whose
+ * lock the next worker waits for (the snapshotter's RocksDB). Same rules. */
+void mm_keeper_close_on_death(int fd, bool add);
