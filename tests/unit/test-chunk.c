@@ -44,10 +44,17 @@ static int decode(ChunkDecoder *d, LayerFormat fmt, const Index *idx, const Inde
                             out, verify, err);
 }
 
-static void test_gzip(ChunkDecoder *d) {
+/* in_slot: decode into the decoder's slot (room past the chunk: members
+ * inflate whole, with libdeflate), else into a buffer of exactly the
+ * chunk's size (zlib streams the member). */
+static void test_gzip(ChunkDecoder *d, bool in_slot) {
         Rng rng = { 7 };
         enum { CH = 5000, SIZE = 12000 };
-        static uint8_t data[SIZE], out[SIZE];
+        static uint8_t data[SIZE], out_buf[SIZE];
+        uint8_t *out = in_slot ? chunk_decoder_slot(d, SIZE) : out_buf;
+        if (!ok(out, "an output buffer"))
+                return;
+        diag("gzip chunks decoded into %s", in_slot ? "the decoder's slot" : "a buffer of their size");
         rng_fill(&rng, data, SIZE / 2);
         for (size_t i = SIZE / 2; i < SIZE; i++)
                 data[i] = (uint8_t) "compressible "[i % 13];
@@ -85,18 +92,18 @@ static void test_gzip(ChunkDecoder *d) {
         ErrMsg err;
         const IndexChunk *c0 = chunk_of(idx, "f", 0), *c1 = chunk_of(idx, "f", 1), *c2 = chunk_of(idx, "f", 2);
 
-        memset(out, 0, sizeof(out));
+        memset(out, 0, SIZE);
         is_int(decode(d, LAYER_FORMAT_ESTARGZ, idx, c0, &blob, out, true, &err), 0, "chunk 0 decodes and verifies (%s)", err.text);
         ok(memcmp(out, data, CH) == 0, "  bytes of chunk 0 (random data, stored blocks)");
         is_int(decode(d, LAYER_FORMAT_ESTARGZ, idx, c1, &blob, out, true, &err), 0, "chunk 1 decodes and verifies (%s)", err.text);
         ok(memcmp(out, data + CH, CH) == 0, "  bytes of chunk 1 (half text)");
         is_int(decode(d, LAYER_FORMAT_ESTARGZ, idx, c2, &blob, out, true, &err), -EBADMSG, "chunk 2 has no digest: refused with verify");
         has_str(err.text, "no digest", "  message: %s", err.text);
-        memset(out, 0, sizeof(out));
+        memset(out, 0, SIZE);
         is_int(decode(d, LAYER_FORMAT_ESTARGZ, idx, c2, &blob, out, false, &err), 0, "chunk 2 decodes without verify");
         ok(memcmp(out, data + 2 * CH, SIZE - 2 * CH) == 0, "  bytes of chunk 2 (compressible)");
 
-        memset(out, 0, sizeof(out));
+        memset(out, 0, SIZE);
         is_int(decode(d, LAYER_FORMAT_ESTARGZ, idx, chunk_of(idx, "two", 0), &blob, out, true, &err), 0,
                "a chunk that continues into the next member (%s)", err.text);
         ok(memcmp(out, data, 300) == 0, "  bytes across the member boundary");
@@ -128,7 +135,7 @@ static void test_gzip(ChunkDecoder *d) {
                 StrBuf bad = {};
                 strbuf_append(&bad, blob.data, blob.len);
                 bad.data[c1->blob_offset + at] ^= 0x10;
-                memset(out, 0, sizeof(out));
+                memset(out, 0, SIZE);
                 int r = decode(d, LAYER_FORMAT_ESTARGZ, idx, c1, &bad, out, true, &err);
                 if (r == -EBADMSG && (strstr(err.text, "digest mismatch") || strstr(err.text, "corrupt")))
                         errors++;
@@ -138,6 +145,35 @@ static void test_gzip(ChunkDecoder *d) {
         }
         is_int(wrong_bytes, 0, "no flipped byte yields wrong data or another error");
         ok(errors > len / 7 / 2, "most flipped bytes are caught (%zu of %llu)", errors, (unsigned long long) (len / 7 + 1));
+
+        /* a member holding far more than its chunk (headers of many
+         * entries after it): more than the slot's room, streamed */
+        enum { BIG = 200000 };
+        uint8_t *big = malloc(BIG);
+        if (big) {
+                for (size_t i = 0; i < BIG; i++)
+                        big[i] = (uint8_t) (i * 7 + i / 1000);
+                StrBuf b2 = {};
+                strbuf_append(&b2, "pad", 3);
+                int64_t ob = blob_add(&b2, big, BIG);
+                char db[72], json2[1024];
+                sha256_hex(big, 100, db);
+                snprintf(json2, sizeof(json2),
+                         "{\"version\":1,\"entries\":[{\"name\":\"h\",\"type\":\"reg\",\"size\":100,"
+                         "\"offset\":%lld,\"chunkDigest\":\"%s\"}]}", (long long) ob, db);
+                Index *i2 = index_of(json2, b2.len, LAYER_FORMAT_ESTARGZ);
+                uint8_t *hb = in_slot ? chunk_decoder_slot(d, 100) : out;
+                if (ok(i2 && hb, "index of a blob whose member outgrows its chunk")) {
+                        memset(hb, 0, 100);
+                        is_int(decode(d, LAYER_FORMAT_ESTARGZ, i2, chunk_of(i2, "h", 0), &b2, hb, true, &err), 0,
+                               "a 100-byte chunk in a %d-byte member (%s)", BIG, err.text);
+                        ok(memcmp(hb, big, 100) == 0, "  right bytes");
+                }
+                index_free(i2);
+                strbuf_done(&b2);
+                free(big);
+                out = in_slot ? chunk_decoder_slot(d, SIZE) : out_buf;
+        }
 
         /* the decoder is reusable after errors */
         is_int(decode(d, LAYER_FORMAT_ESTARGZ, idx, c0, &blob, out, true, &err), 0, "decoder still works after errors");
@@ -231,7 +267,8 @@ int main(void) {
         ChunkDecoder *d = NULL;
         if (!is_int(chunk_decoder_new(&d), 0, "chunk_decoder_new"))
                 return done();
-        test_gzip(d);
+        test_gzip(d, false);
+        test_gzip(d, true);
         test_zstd(d);
         ok(chunk_decoder_free(d) == NULL, "chunk_decoder_free");
         ok(chunk_decoder_free(NULL) == NULL, "chunk_decoder_free(NULL)");
