@@ -9,8 +9,8 @@
  * room past the chunk for the padding and headers that end its member; a
  * member with more than that, an inner offset, or a buffer without the
  * room goes through zlib's streaming inflate, which stops at the chunk's
- * end. Both check the same gzip trailer (CRC and size) of every member
- * they finish. */
+ * end; so does a member libdeflate finds bad, so that both ways give the
+ * same answer (zlib never reads past the chunk's bytes). */
 #include "common/estargz/chunk.h"
 
 #include <errno.h>
@@ -209,7 +209,11 @@ int chunk_decode(ChunkDecoder *d, LayerFormat format, const Index *idx, const In
         if (layer_format_is_gzip(format) && c->inner_offset == 0 && out == d->slot &&
             d->slot_cap >= (size_t) c->size + MEMBER_SLACK)
                 r = deflate_members(d, comp, comp_len, out, c->size, d->slot_cap);
-        if (r == -ENOBUFS)
+        /* zlib decides every case the fast path does not take or cannot
+         * finish: a member past the room, and bad data (libdeflate checks
+         * the whole member, CRC included; a chunk that ends before a
+         * damaged part of its member is still whole, as zlib sees it) */
+        if (r == -ENOBUFS || r == -EBADMSG)
                 r = layer_format_is_gzip(format) ? inflate_range(d, comp, comp_len, c->inner_offset, out, c->size)
                                                  : zstd_range(d, comp, comp_len, c->inner_offset, out, c->size);
         if (r == -EBADMSG)
