@@ -86,7 +86,8 @@ static void snapshotter_listen(Supervisor *s, const char *path) {
         s->snap_fd = ipc_listen_unix(path, SOCK_STREAM, true);
         if (s->snap_fd < 0) {
                 log_error_errno(s->snap_fd, "cannot serve the snapshotter on %s%s", path,
-                                s->snap_fd == -EADDRINUSE ? " (another snapshotter answers there)" : "");
+                                s->snap_fd == -EADDRINUSE ? " (another snapshotter answers there)" :
+                                s->snap_fd == -EEXIST ? " (it is not a socket; left as it is)" : "");
                 return;
         }
         log_info("containerd's snapshotter socket: %s", path);

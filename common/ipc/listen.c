@@ -35,7 +35,13 @@ int ipc_listen_unix(const char *path, int type, bool mkdir_parent) {
         _cleanup_close_ int probe = socket(AF_UNIX, type | SOCK_CLOEXEC, 0);
         if (probe >= 0 && connect(probe, (struct sockaddr *) &sa, sizeof(sa)) == 0)
                 return -EADDRINUSE;
-        unlink(path);
+        /* only a socket is replaced: a path naming anything else is a mistake */
+        struct stat st;
+        if (lstat(path, &st) == 0) {
+                if (!S_ISSOCK(st.st_mode))
+                        return -EEXIST;
+                unlink(path);
+        }
         mode_t old = umask(0177);
         int r = bind(fd, (struct sockaddr *) &sa, sizeof(sa));
         umask(old);

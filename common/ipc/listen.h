@@ -8,6 +8,6 @@
 /* Binds a socket of type (SOCK_STREAM, SOCK_SEQPACKET) at path with mode
  * 0600 and listens, O_CLOEXEC and O_NONBLOCK. A socket file left by a
  * dead server is replaced; one a live server answers on is not
- * (-EADDRINUSE). When mkdir_parent, a missing parent directory is made
+ * (-EADDRINUSE), nor is anything but a socket (-EEXIST). When mkdir_parent, a missing parent directory is made
  * (0711). Returns the fd, or -errno. */
 int ipc_listen_unix(const char *path, int type, bool mkdir_parent);

@@ -26,6 +26,7 @@
 #include "worker/snapshotter/grpc.h"
 
 /* before <uv.h>: its <sys/param.h> defines MIN/MAX only if missing */
+#include "common/ipc/listen.h"
 #include "common/util/macro.h"
 
 #include <assert.h>
@@ -40,8 +41,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -1156,23 +1155,11 @@ fail:
 }
 
 int grpc_listen_unix(const char *path, int *ret_fd, ErrMsg *err) {
-        struct sockaddr_un sa = { .sun_family = AF_UNIX };
-        if (strlen(path) >= sizeof(sa.sun_path))
-                return errmsg_set(err, -ENAMETOOLONG, "socket path %s too long", path);
-        strcpy(sa.sun_path, path);
-        _cleanup_close_ int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        int fd = ipc_listen_unix(path, SOCK_STREAM, false);
         if (fd < 0)
-                return errmsg_set(err, -errno, "socket: %m");
-        struct stat st;
-        if (lstat(path, &st) == 0 && S_ISSOCK(st.st_mode))
-                (void) unlink(path);
-        if (bind(fd, (struct sockaddr *) &sa, sizeof(sa)) < 0)
-                return errmsg_set(err, -errno, "bind %s: %m", path);
-        if (chmod(path, 0600) < 0 || listen(fd, 128) < 0) {
-                int r = -errno;
-                (void) unlink(path);
-                return errmsg_set(err, r, "listen on %s: %s", path, strerror(-r));
-        }
-        *ret_fd = TAKE_FD(fd);
+                return errmsg_set(err, fd, "cannot listen on %s: %s%s", path, strerror(-fd),
+                                  fd == -EADDRINUSE ? " (a server answers there)" :
+                                  fd == -EEXIST ? " (not a socket)" : "");
+        *ret_fd = fd;
         return 0;
 }
