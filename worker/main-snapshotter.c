@@ -40,6 +40,7 @@
 #include "common/ipc/ctl-client.h"
 #include "common/util/macro.h"
 #include "worker/fetch/reference.h"
+#include "worker/layers/layers.h"
 #include "worker/main.h"
 #include "worker/snapshotter/service.h"
 #include "worker/snapshotter/snapshots.h"
@@ -246,10 +247,14 @@ static int prepare_remote(void *userdata, const SnapRemoteRequest *req) {
                         log_warn("snapshot %s: not mounted lazily (unpacked instead): %s", req->target, err.text);
                 return r;
         }
+        uint64_t t0 = now_usec();
         warm_ahead(n, req->labels, repo, digest);
         warm_wait(n, digest);
+        uint64_t t1 = now_usec();
         char msg[512];
         r = supervisor_call(n, holdfast_CtlRequest_Op_MOUNT, source, req->fs_dir, msg, sizeof(msg));
+        log_debug("snapshot %s: waited %" PRIu64 " us for its warm-ahead, mount call %" PRIu64 " us", req->target,
+                  t1 - t0, now_usec() - t1);
         if (r >= 0) {
                 log_info("snapshot %s: %s mounted lazily at %s", req->target, source, req->fs_dir);
                 return 1;
@@ -334,8 +339,13 @@ static void *snap_main(void *userdata) {
         pthread_mutex_unlock(&n->lock);
         if (r < 0)
                 log_error("Cannot serve containerd's snapshotter: %s", err.text[0] ? err.text : strerror(-r));
-        else if (n->grpc)
+        else if (n->grpc) {
                 log_info("serving containerd's snapshotter (%s)", n->dir);
+                /* the registry client now, not on the first Prepare's path
+                 * (its failure is that Prepare's to report) */
+                ErrMsg ignored = {};
+                (void) layer_env_fetch_ready(n->env, &ignored);
+        }
         return NULL;
 }
 

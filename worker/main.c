@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 
 #include "common/util/macro.h"
 #include "worker/cache/cache.h"
@@ -152,11 +153,21 @@ LayerEnv *worker_env_close(LayerEnv *env) {
 static int open_layer(LayerEnv *env, const char *source, bool stored_only, bool prefetch, Layer **ret_layer,
                       void **ret_handle, ErrMsg *err) {
         LayerSource *ls;
-        int r = stored_only ? layer_source_open_stored(source, env, &ls, err)
-                            : layer_source_open(source, env, prefetch, &ls, err);
+        struct timespec t0, t1;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        int r;
+        if (stored_only)
+                r = layer_source_open_stored(source, env, &ls, err);
+        else {
+                layer_env_open_begin(env);
+                r = layer_source_open(source, env, prefetch, &ls, err);
+                layer_env_open_end(env);
+        }
         if (r < 0)
                 return r;
-        log_debug("layer %s: index %s", source, ls->from_store ? "from the store" : "built from the TOC");
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        log_debug("layer %s: index %s in %lld us", source, ls->from_store ? "from the store" : "built from the TOC",
+                  (long long) (t1.tv_sec - t0.tv_sec) * 1000000 + (t1.tv_nsec - t0.tv_nsec) / 1000);
         *ret_layer = ls->layer;
         *ret_handle = ls;
         return 0;

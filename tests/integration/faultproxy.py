@@ -73,8 +73,10 @@ forwarded; `rate_mbit` caps the body bytes sent to all clients together
 Stats (stats()): "requests" by kind (manifest, blob_get, range_get, head,
 token, blobstore, other), "bytes_sent" (response bodies), "ranges" (a
 {"path", "range"} per request with a Range header), "faults" (how often
-each kind was applied) and "log" (the last 10000 [method, path, status];
-status None when the connection was reset or broke).
+each kind was applied) and "log" (the last 10000 [method, path, status,
+t_start, t_end]; status None when the connection was reset or broke;
+the times are this process's time.monotonic() when the request came and
+when its answer was sent, t_end None until then or when it broke).
 """
 
 import argparse
@@ -300,7 +302,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         range_header = self.headers.get("Range", "")
         kind = classify(self.command, url.path, range_header)
         fault = None
-        self._log_entry = [self.command, self.path, None]
+        # method, path, status, then the monotonic clock (s) when the
+        # request came and when its answer was sent
+        self._log_entry = [self.command, self.path, None, time.monotonic(), None]
         with proxy.lock:
             st = proxy._stats
             st.requests[kind] = st.requests.get(kind, 0) + 1
@@ -316,6 +320,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         try:
             proxy.link.delay(proxy.stopping)
             self._serve(url, fault)
+            self._log_entry[4] = time.monotonic()
         except _Reset:
             with proxy.lock:
                 self._log_entry[2] = None
@@ -555,7 +560,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             limit = max(0, length - (fault["missing"] if fault["missing"] is not None else max(1, half)))
         elif has_body and kind == "reset":
             limit = fault["after_bytes"] if fault["after_bytes"] is not None else half
-        elif has_body and kind == "stall":
+        elif has_body and kind == "stall" and fault["when"] == "body":
             stall_at = fault["after_bytes"] if fault["after_bytes"] is not None else half
         elif has_body and kind == "corrupt":
             first = fault["offset"] if fault["offset"] is not None else half

@@ -10,6 +10,7 @@ Run as root from the build dir (meson sets the binaries' paths):
 import hashlib
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -335,3 +336,121 @@ def test_background_fetch_brings_the_whole_layer(sups, layer, image, proxy, monk
     before = proxy.stats()["requests"].get("range_get", 0)
     _check_all(mp, layer)
     assert proxy.stats()["requests"].get("range_get", 0) == before
+
+
+def _start_layer(workdir, name, prefetch):
+    """A layer with /etc/passwd, /etc/group and a 3 MiB incompressible
+    file, converted with `prefetch` as its prefetch list (None: none, so
+    .no.prefetch.landmark)."""
+    rng = random.Random(name)
+    src = os.path.join(workdir, name)
+    files = {"etc/passwd": b"root:x:0:0:root:/root:/bin/sh\n" * 3, "etc/group": b"root:x:0:\n" * 5,
+             "usr/bin/app": rng.randbytes(3 * MiB), "usr/share/doc/readme": rng.randbytes(300 * 1024)}
+    for rel, data in files.items():
+        os.makedirs(os.path.dirname(os.path.join(src, rel)), exist_ok=True)
+        with open(os.path.join(src, rel), "wb") as f:
+            f.write(data)
+    tar = src + ".tar"
+    subprocess.run(["tar", "--numeric-owner", "--sort=name", "-C", src, "-cf", tar, "."], check=True)
+    blob = src + ".esgz"
+    cmd = [su.holdfastctl_path(), "convert", "--json", "--chunk-size", "1M"]
+    if prefetch is not None:
+        plist = src + ".prefetch"
+        with open(plist, "w") as f:
+            f.write("".join(p + "\n" for p in prefetch))
+        cmd += ["--prefetch-list", plist]
+    p = subprocess.run(cmd + [tar, blob], stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=True)
+    info = json.loads(p.stdout)
+    with open(blob, "rb") as f:
+        data = f.read()
+    return files, info, data
+
+
+def _quiet_ranges(proxy, settle=0.5, timeout=20):
+    """The range requests once none came for `settle` seconds."""
+    deadline = time.monotonic() + timeout
+    last, since = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        n = proxy.stats()["requests"].get("range_get", 0)
+        if n != last:
+            last, since = n, time.monotonic()
+        elif time.monotonic() - since >= settle:
+            break
+        time.sleep(0.05)
+    return last
+
+
+@pytest.mark.parametrize("prefetch", [["usr/bin/app"], None], ids=["landmark", "no-landmark"])
+def test_start_files_are_prefetched(sups, proxy, workdir, prefetch):
+    """Every container start reads the rootfs' /etc/passwd and /etc/group
+    (containerd, runc): they arrive at mount with the landmark's files,
+    also in a layer whose converter had no prefetch list, and reading them
+    then fetches nothing; the rest of the layer is not fetched."""
+    name = "start-" + ("landmark" if prefetch else "none")
+    files, info, data = _start_layer(workdir, name, prefetch)
+    out = ru.push_image(proxy.url, name, "v1", [ru.Layer(data, diff_id=info["diff_id"])])
+    ref = "%s/%s@%s" % (proxy.host, name, out["layers"][0]["digest"])
+    s = sups.start(["--no-standby"])
+    proxy.stats(reset=True)
+    mp = s.mount(ref)
+    settled = _quiet_ranges(proxy)
+    fetched = _range_bytes(proxy.stats())
+    for rel in ("etc/passwd", "etc/group"):
+        with open(os.path.join(mp, rel), "rb") as f:
+            assert f.read() == files[rel], rel
+    assert proxy.stats()["requests"].get("range_get", 0) == settled, "a start file was fetched on its read"
+    # the layer's other files stayed in the registry (with a landmark:
+    # only the app besides the TOC and the start files)
+    expect = 3 * MiB + 128 * 1024 if prefetch else 256 * 1024
+    assert fetched < expect, (fetched, expect)
+    with open(os.path.join(mp, "usr/share/doc/readme"), "rb") as f:
+        assert f.read() == files["usr/share/doc/readme"]
+
+
+def test_prefetch_lets_layer_opens_go_first(sups, image, proxy, workdir):
+    """A layer whose TOC is still coming (its registry stalls) holds back
+    another layer's prefetch: a pull waits for each TOC, and the container
+    that reads what is prefetched starts after the pull."""
+    files, info, data = _start_layer(workdir, "slow-toc", ["usr/bin/app"])
+    out = ru.push_image(proxy.url, "slow", "v1", [ru.Layer(data, diff_id=info["diff_id"])])
+    slow_digest = out["layers"][0]["digest"]
+    slow_ref = "%s/slow@%s" % (proxy.host, slow_digest)
+    s = sups.start(["--no-standby"])
+    proxy.stats(reset=True)
+    proxy.set_faults({"kind": "stall", "seconds": 1.0, "path": slow_digest.split(":")[1], "range_only": True,
+                      "count": 1})
+    errors = []
+
+    def mount_slow():
+        try:
+            s.mount(slow_ref)
+        except Exception as e:  # reported below
+            errors.append(e)
+
+    t = threading.Thread(target=mount_slow, daemon=True)
+    t.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not proxy.stats()["faults"].get("stall") and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert proxy.stats()["faults"].get("stall"), "the slow layer's TOC was never asked for"
+        mp = s.mount(image.ref)           # its TOC comes at once; its prefetch waits
+        mounted = time.monotonic()
+        t.join(30)
+    finally:
+        proxy.clear_faults()
+    assert not t.is_alive() and not errors, errors
+    _quiet_ranges(proxy)
+    log = proxy.stats()["log"]
+    slow_hex, image_hex = slow_digest.split(":")[1], image.ref.split("@sha256:")[1]
+    # the first of the slow layer's GETs is the stalled one, for its TOC
+    slow_toc_end = min((e[3], e[4]) for e in log if slow_hex in e[1] and e[0] == "GET")[1]
+    assert slow_toc_end > mounted, "the slow layer was not slow"
+    image_gets = [e[3] for e in log if image_hex in e[1] and e[0] == "GET"]
+    # the image's open asked before its mount returned, its prefetch
+    # only once the slow layer's TOC was there
+    early = [t0 for t0 in image_gets if mounted <= t0 < slow_toc_end - 0.05]
+    assert not early, (early, mounted, slow_toc_end)
+    assert any(t0 >= slow_toc_end - 0.05 for t0 in image_gets), "no prefetch at all"
+    with open(os.path.join(mp, "d00/f000"), "rb") as f:
+        f.read()

@@ -42,10 +42,24 @@ typedef struct LayerEnv {
         uint64_t background_bytes_per_s; /* its budget; 0: none */
         pthread_mutex_t lock;
         FetchClient *fetch;      /* owned; made on the first registry layer; protected by lock */
+        unsigned opening;        /* layer opens in flight; protected by lock */
+        pthread_cond_t opened;   /* opening went down */
 } LayerEnv;
 
 void layer_env_init(LayerEnv *env, MetaStore **store, Cache *cache);
 void layer_env_done(LayerEnv *env);
+/* Makes the registry client now (it is otherwise made by the first
+ * registry layer's open, which then waits for it). */
+int layer_env_fetch_ready(LayerEnv *env, ErrMsg *err);
+
+/* Opening a layer is on someone's path (containerd's Prepare, a mount
+ * waits for its TOC); a prefetch is a guess. Around each open, begin/end
+ * count it; a prefetch calls wait_opens before each request, which
+ * returns once no open is in flight, or at deadline_ns (CLOCK_MONOTONIC),
+ * or when *stop is set (checked every 10 ms). */
+void layer_env_open_begin(LayerEnv *env);
+void layer_env_open_end(LayerEnv *env);
+void layer_env_wait_opens(LayerEnv *env, uint64_t deadline_ns, const bool *stop);
 
 typedef struct LayerSource {
         Layer *layer;            /* owned */

@@ -21,14 +21,19 @@
 #include "worker/layers/layers.h"
 
 #define PIECE (4u << 20)
+/* How long a prefetch lets layer opens go first, over all its requests:
+ * containerd's pull waits for each layer's TOC, while the container that
+ * reads what is prefetched starts only after the pull. */
+#define OPENS_FIRST_MS 1000
 
 struct Prefetch {
         LayerSource *ls;         /* borrowed; outlives us */
+        LayerEnv *env;           /* borrowed; outlives us */
         pthread_t thread;
         bool stop;               /* atomic */
         uint32_t *ids;           /* owned: the chunks to fetch, blob order */
         size_t n;
-        size_t n_landmark;       /* ids[0..n_landmark) are before the landmark */
+        size_t n_landmark;       /* ids[0..n_landmark): before the landmark, or a start file */
         uint64_t bytes_per_s;    /* the background fetch's budget; 0: none */
 };
 
@@ -57,7 +62,11 @@ static void *prefetch_main(void *userdata) {
                 return NULL;
         size_t i = 0;
         uint64_t start = now_ns(), sent = 0;
+        uint64_t opens_first_until = start + OPENS_FIRST_MS * 1000000ull;
         while (i < p->n && !__atomic_load_n(&p->stop, __ATOMIC_ACQUIRE)) {
+                layer_env_wait_opens(p->env, opens_first_until, &p->stop);
+                if (__atomic_load_n(&p->stop, __ATOMIC_ACQUIRE))
+                        break;
                 if (i == p->n_landmark) {
                         /* the rest is background work: only when no one
                          * else wants the CPU, and within the budget */
@@ -66,8 +75,11 @@ static void *prefetch_main(void *userdata) {
                         start = now_ns();
                         sent = 0;
                 }
+                /* one request: ascending neighbours within PIECE, never
+                 * across from the first list to the rest */
+                size_t end = i < p->n_landmark ? p->n_landmark : p->n;
                 size_t k = 1;
-                while (i + k < p->n && idx->chunks[p->ids[i + k]].blob_end - idx->chunks[p->ids[i]].blob_offset <= PIECE)
+                while (i + k < end && idx->chunks[p->ids[i + k]].blob_end - idx->chunks[p->ids[i]].blob_offset <= PIECE)
                         k++;
                 ErrMsg err = {};
                 if (layer_fetch_chunks(p->ls, d, p->ids + i, k, &err) < 0)
@@ -82,35 +94,73 @@ static void *prefetch_main(void *userdata) {
         return NULL;
 }
 
-int prefetch_start(LayerSource *ls, bool background, uint64_t bytes_per_s, Prefetch **ret) {
+/* Files every container start reads, whatever the image's prefetch list
+ * says: containerd (WithAdditionalGIDs) and runc (the user lookup) read
+ * the rootfs' user and group databases before the container runs. They
+ * are fetched with the landmark's files, or alone in a layer without a
+ * landmark or with .no.prefetch.landmark (which stops the landmark's
+ * prefetch, not this): one small request at mount instead of a round
+ * trip in the container's start. */
+static const char *const START_FILES[] = { "etc/passwd", "etc/group" };
+
+typedef struct ChunkSpan {
+        uint32_t first, end;
+} ChunkSpan;
+
+static size_t start_file_chunks(const Index *idx, ChunkSpan out[static ELEMENTSOF(START_FILES)]) {
+        size_t n = 0;
+        for (size_t i = 0; i < ELEMENTSOF(START_FILES); i++) {
+                uint64_t ino;
+                if (index_lookup_path(idx, START_FILES[i], &ino) < 0)
+                        continue;
+                const IndexInode *in = index_inode(idx, ino);
+                if (in && S_ISREG(in->mode) && in->count > 0)
+                        out[n++] = (ChunkSpan) { in->first, in->first + in->count };
+        }
+        return n;
+}
+
+static bool in_spans(const ChunkSpan *spans, size_t n, uint32_t c) {
+        for (size_t i = 0; i < n; i++)
+                if (c >= spans[i].first && c < spans[i].end)
+                        return true;
+        return false;
+}
+
+int prefetch_start(LayerSource *ls, LayerEnv *env, Prefetch **ret) {
         *ret = NULL;
+        bool background = env->background;
         const Index *idx = ls->layer->index;
         if (!ls->cache || !ls->blob_order)
                 return 0;
         uint64_t landmark = idx->no_prefetch ? 0 : idx->prefetch_end;
-        if (landmark == 0 && !background)
+        ChunkSpan start[ELEMENTSOF(START_FILES)];
+        size_t n_start = start_file_chunks(idx, start);
+        if (landmark == 0 && n_start == 0 && !background)
                 return 0;
         Prefetch *p = calloc(1, sizeof(*p));
         if (!p)
                 return -ENOMEM;
         p->ls = ls;
-        p->bytes_per_s = bytes_per_s;
+        p->env = env;
+        p->bytes_per_s = env->background_bytes_per_s;
         p->ids = malloc(MAX(idx->n_chunks, (size_t) 1) * sizeof(*p->ids));
         if (!p->ids) {
                 free(p);
                 return -ENOMEM;
         }
         /* every chunk that is missing, in blob order: those before the
-         * landmark first (all of them with the background fetch) */
-        for (size_t pos = 0; pos < idx->n_chunks; pos++) {
-                uint32_t c = ls->blob_order[pos];
-                bool before = idx->chunks[c].blob_end <= landmark;
-                if (!before && !background)
-                        break;
-                if (cache_layer_chunk_present(ls->cache, c))
-                        continue;
-                p->ids[p->n++] = c;
-                if (before)
+         * landmark and the start files' first, then (with the background
+         * fetch) the rest, in blob order again */
+        for (int pass = 0; pass < (background ? 2 : 1); pass++) {
+                for (size_t pos = 0; pos < idx->n_chunks; pos++) {
+                        uint32_t c = ls->blob_order[pos];
+                        bool first = idx->chunks[c].blob_end <= landmark || in_spans(start, n_start, c);
+                        if (first != (pass == 0) || cache_layer_chunk_present(ls->cache, c))
+                                continue;
+                        p->ids[p->n++] = c;
+                }
+                if (pass == 0)
                         p->n_landmark = p->n;
         }
         if (p->n == 0) {

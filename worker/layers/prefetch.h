@@ -5,9 +5,11 @@
  * the first reads hit the cache. Chunks already cached are skipped (a
  * restarted worker fetches only what the previous one had not). Reads
  * never wait for it: they fetch what they miss themselves.
- * .no.prefetch.landmark, or no landmark, prefetches nothing. The
- * background fetch (off by default) then fetches the rest of the layer
- * when the worker is idle, within a bandwidth budget. */
+ * .no.prefetch.landmark, or no landmark, prefetches none of them. The
+ * layer's /etc/passwd and /etc/group, which every container start reads,
+ * are prefetched in any case. The background fetch (off by default) then
+ * fetches the rest of the layer when the worker is idle, within a
+ * bandwidth budget. */
 #pragma once
 
 #include <stdbool.h>
@@ -17,13 +19,16 @@
 #include "common/estargz/chunk.h"
 #include "common/util/errmsg.h"
 
+typedef struct LayerEnv LayerEnv;
 typedef struct LayerSource LayerSource;
 typedef struct Prefetch Prefetch;
 
-/* Starts it for ls (which must have a cache). With background, the rest
- * of the layer follows, at most bytes_per_s (0: no limit). 0 with *ret
- * NULL when there is nothing to fetch. */
-int prefetch_start(LayerSource *ls, bool background, uint64_t bytes_per_s, Prefetch **ret);
+/* Starts it for ls (which must have a cache). With env->background, the
+ * rest of the layer follows, at most env->background_bytes_per_s (0: no
+ * limit). Before each request it lets the layer opens in flight in env
+ * go first (a pull waits for those; for at most OPENS_FIRST_MS over the
+ * whole prefetch). 0 with *ret NULL when there is nothing to fetch. */
+int prefetch_start(LayerSource *ls, LayerEnv *env, Prefetch **ret);
 /* Stops it between two requests, joins and frees (NULL-safe). */
 void prefetch_stop(Prefetch *p);
 

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "common/util/digest.h"
 #include "common/util/macro.h"
@@ -23,11 +24,46 @@
 void layer_env_init(LayerEnv *env, MetaStore **store, Cache *cache) {
         *env = (LayerEnv) { .store = store, .cache = cache, .prefetch = true };
         pthread_mutex_init(&env->lock, NULL);
+        pthread_condattr_t ca;
+        pthread_condattr_init(&ca);
+        pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+        pthread_cond_init(&env->opened, &ca);
+        pthread_condattr_destroy(&ca);
 }
 
 void layer_env_done(LayerEnv *env) {
         env->fetch = fetch_client_free(env->fetch);
+        pthread_cond_destroy(&env->opened);
         pthread_mutex_destroy(&env->lock);
+}
+
+void layer_env_open_begin(LayerEnv *env) {
+        pthread_mutex_lock(&env->lock);
+        env->opening++;
+        pthread_mutex_unlock(&env->lock);
+}
+
+void layer_env_open_end(LayerEnv *env) {
+        pthread_mutex_lock(&env->lock);
+        if (--env->opening == 0)
+                pthread_cond_broadcast(&env->opened);
+        pthread_mutex_unlock(&env->lock);
+}
+
+void layer_env_wait_opens(LayerEnv *env, uint64_t deadline_ns, const bool *stop) {
+        pthread_mutex_lock(&env->lock);
+        while (env->opening > 0 && !__atomic_load_n(stop, __ATOMIC_ACQUIRE)) {
+                struct timespec ts;
+                clock_gettime(CLOCK_MONOTONIC, &ts);
+                uint64_t now = (uint64_t) ts.tv_sec * 1000000000ull + (uint64_t) ts.tv_nsec;
+                if (now >= deadline_ns)
+                        break;
+                uint64_t until = MIN(deadline_ns, now + 10 * 1000000ull);
+                ts = (struct timespec) { .tv_sec = (time_t) (until / 1000000000ull),
+                                         .tv_nsec = (long) (until % 1000000000ull) };
+                (void) pthread_cond_timedwait(&env->opened, &env->lock, &ts);
+        }
+        pthread_mutex_unlock(&env->lock);
 }
 
 static int env_fetch(LayerEnv *env, FetchClient **ret, ErrMsg *err) {
@@ -40,6 +76,11 @@ static int env_fetch(LayerEnv *env, FetchClient **ret, ErrMsg *err) {
         *ret = env->fetch;
         pthread_mutex_unlock(&env->lock);
         return r;
+}
+
+int layer_env_fetch_ready(LayerEnv *env, ErrMsg *err) {
+        FetchClient *fc;
+        return env_fetch(env, &fc, err);
 }
 
 bool layer_source_is_remote(const char *source) {
@@ -184,7 +225,7 @@ int layer_remote_open(const char *source, LayerEnv *env, bool stored_only, bool 
         if (ls->cache)
                 (void) layer_source_sort_chunks(ls); /* without: no neighbours fetched along */
         if (prefetch && (env->prefetch || env->background) && ls->cache)
-                (void) prefetch_start(ls, env->background, env->background_bytes_per_s, &ls->prefetch);
+                (void) prefetch_start(ls, env, &ls->prefetch);
         *ret = ls;
         return 0;
 fail:

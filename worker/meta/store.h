@@ -27,7 +27,7 @@ int meta_store_open_lazy(const char *dir, MetaStore **ret, ErrMsg *err);
 /* Closes (no flush: the WAL holds every record); NULL-safe; returns NULL. */
 MetaStore *meta_store_close(MetaStore *s);
 
-/* Stores a layer record (synced to the WAL before returning). */
+/* Stores a layer record (in the WAL, not fsynced, when it returns). */
 int meta_layer_put(MetaStore *s, const char *key, const void *val, size_t len, ErrMsg *err);
 /* Fetches a record into a malloc'd buffer. -ENOENT when absent. */
 int meta_layer_get(MetaStore *s, const char *key, void **ret_val, size_t *ret_len, ErrMsg *err);

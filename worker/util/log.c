@@ -24,7 +24,16 @@ void log_full(int level, int err, const char *fmt, ...) {
         if (level > max_level)
                 return;
         char line[2048];
-        int n = snprintf(line, sizeof(line), "holdfast-worker[%d]: %s", (int) getpid(), names[level]);
+        int n;
+        if (max_level >= LOG_LVL_DEBUG) {
+                /* HOLDFAST_DEBUG: every line with the monotonic clock, to
+                 * line it up with other processes' timelines */
+                struct timespec ts;
+                clock_gettime(CLOCK_MONOTONIC, &ts);
+                n = snprintf(line, sizeof(line), "holdfast-worker[%d]: %lld.%06ld %s", (int) getpid(),
+                             (long long) ts.tv_sec, ts.tv_nsec / 1000, names[level]);
+        } else
+                n = snprintf(line, sizeof(line), "holdfast-worker[%d]: %s", (int) getpid(), names[level]);
         va_list ap;
         va_start(ap, fmt);
         /* vsnprintf expands %m from errno */
