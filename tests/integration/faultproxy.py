@@ -64,7 +64,17 @@ request. Kinds and their parameters:
                  a registry; after `ttl` seconds (default 60) the token
                  answers 403, and the client has to ask the registry again
   ignore_range   drop the Range header: upstream answers 200, whole blob
-long, wrong_range and ignore_range match only requests with a Range header.
+  content_range  a 206 from upstream goes on with the Content-Range `value`
+                 (default "bytes {first}-{last}/{total}"), a template of
+                 upstream's numbers, each of which may carry +N or -N
+                 ("bytes {first+1}-{last}/{total}"); null drops the header.
+                 `pad` (default 0) more body bytes (zeros) are sent, or,
+                 negative, fewer (cut from the end), with a Content-Length
+                 that matches: HTTP framing stays right, the range lies.
+                 Any Range form (bytes=A-B, bytes=-N); other answers go on
+                 as they are.
+long, wrong_range, ignore_range and content_range match only requests with
+a Range header.
 
 Link emulation: `latency_ms` is slept once per request before it is
 forwarded; `rate_mbit` caps the body bytes sent to all clients together
@@ -95,8 +105,8 @@ import time
 import urllib.parse
 
 KINDS = {"status", "reset", "stall", "short", "long", "wrong_range", "corrupt", "redirect_loop", "redirect_blob",
-         "ignore_range"}
-RANGE_KINDS = {"long", "wrong_range", "ignore_range"}
+         "ignore_range", "content_range"}
+RANGE_KINDS = {"long", "wrong_range", "ignore_range", "content_range"}
 # Parameters of each kind, with their defaults (None: computed per request).
 PARAMS = {
     "status": {"status": 503, "retry_after": None},
@@ -109,6 +119,7 @@ PARAMS = {
     "redirect_loop": {"mode": "self"},
     "redirect_blob": {"ttl": 60.0},
     "ignore_range": {},
+    "content_range": {"value": "bytes {first}-{last}/{total}", "pad": 0},
 }
 MATCHERS = {"kind", "count", "path", "method", "range_only"}
 
@@ -118,6 +129,8 @@ BLOB_RE = re.compile(r"^/v2/(.+)/blobs/(sha256:[0-9a-f]{64})$")
 MANIFEST_RE = re.compile(r"^/v2/.+/manifests/[^/]+$")
 CLOSED_RANGE_RE = re.compile(r"^bytes=(\d+)-(\d+)$")
 REALM_RE = re.compile(r'realm="([^"]*)"')
+CONTENT_RANGE_RE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+TEMPLATE_RE = re.compile(r"\{(first|last|total)([+-]\d+)?\}")
 CHUNK = 32 * 1024
 LOG_MAX = 10000
 UPSTREAM_TIMEOUT = 60
@@ -137,6 +150,9 @@ class Fault:
             raise ValueError("%s: unknown parameters %s" % (kind, sorted(unknown)))
         if spec.get("when", "body") not in ("headers", "body") or spec.get("mode", "self") not in ("self", "pair"):
             raise ValueError("%s: when is headers or body, mode is self or pair" % kind)
+        if kind == "content_range" and (not isinstance(spec.get("value", ""), (str, type(None))) or
+                                        not isinstance(spec.get("pad", 0), int)):
+            raise ValueError("content_range: value is a string or null, pad an integer")
         self.kind = kind
         self.count = spec.get("count")
         self.path = spec.get("path")
@@ -565,6 +581,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         elif has_body and kind == "corrupt":
             first = fault["offset"] if fault["offset"] is not None else half
             flip = (first, first + fault["nbytes"])
+        elif kind == "content_range" and resp.status == 206 and length is not None:
+            headers = [(k, v) for k, v in headers if k.lower() not in ("content-length", "content-range")]
+            if fault["value"] is not None:
+                headers.append(("Content-Range", _fill_range(fault["value"], resp.getheader("Content-Range"))))
+            pad = fault["pad"]
+            limit = max(0, length + min(0, pad))
+            headers.append(("Content-Length", str(limit + max(0, pad))))
+            if pad < 0:
+                self.close_connection = True    # upstream's last bytes stay unread
         elif kind == "long" and fault["lie"] and resp.status == 206:
             # The headers of the range asked for, with the longer body.
             total = (resp.getheader("Content-Range") or "/*").rpartition("/")[2]
@@ -582,6 +607,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_header("Connection", "close")
         self.end_headers()
         pos = self._send_body(resp, limit, stall_at, fault, flip) if has_body else 0
+        if has_body and kind == "content_range" and resp.status == 206 and fault["pad"] > 0:
+            self.wfile.write(bytes(fault["pad"]))
         if kind == "reset":
             self._reset()       # a body-less answer is reset after its headers
         if has_body and length is not None and pos < length and kind != "short":
@@ -614,6 +641,20 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 proxy.stopping.wait(fault["seconds"])
                 stall_at = None
         return pos
+
+
+def _fill_range(template, upstream):
+    """The content_range fault's template filled with upstream's
+    Content-Range numbers ('*' stays '*', whatever is added to it)."""
+    m = CONTENT_RANGE_RE.match(upstream or "")
+    if not m:
+        raise ValueError("content_range: upstream said Content-Range %r" % upstream)
+    nums = {"first": m[1], "last": m[2], "total": m[3]}
+
+    def sub(t):
+        v = nums[t[1]]
+        return v if v == "*" or not t[2] else str(int(v) + int(t[2]))
+    return TEMPLATE_RE.sub(sub, template)
 
 
 def _set_header(headers, name, value):

@@ -6,10 +6,14 @@
  *   fetch-probe [OPTIONS] read LAYER_REF OFF LEN        the bytes on stdout
  *   fetch-probe [OPTIONS] ranges LAYER_REF OFF:LEN[,OFF:LEN...]
  *                                                       the ranges' bytes, in order, on stdout
+ *   fetch-probe [OPTIONS] tail LAYER_REF N [OFF LEN]    fetch_blob_open_tail(): a line
+ *                                                       {"size": S, "tail": n} then the n bytes;
+ *                                                       then those of a read of OFF LEN, if given
  * LAYER_REF is DOMAIN/REPO@sha256:HEX. OPTIONS:
  *   --hosts-dir D --docker-config F --timeout-ms N --retries N (0: none)
  *   --stall-ms N --max-conns N --redirect-ttl-ms N --backoff-ms N
- *   --allow-full --expect-size N --max-gap N --max-request N
+ *   --allow-full --expect-size N --known-size (the size is --expect-size's: no request to open)
+ *   --max-gap N --max-request N
  *   --repeat N --sleep-ms N    do the read N times, sleeping between
  *   --threads N                N threads do the reads at once (each must match)
  *   --stats FILE               write the client's statistics as JSON to FILE at exit
@@ -29,7 +33,7 @@
 
 static struct {
         FetchConfig cfg;
-        bool allow_full;
+        bool allow_full, known_size;
         uint64_t expect_size;
         uint64_t max_gap, max_request;
         unsigned repeat, threads;
@@ -111,10 +115,11 @@ static void stats_write(FetchClient *c) {
                 ", \"read_bytes\": %" PRIu64 ", \"range_requests\": %" PRIu64 ", \"ranges_coalesced\": %" PRIu64
                 ", \"redirects\": %" PRIu64 ", \"redirect_cache_hits\": %" PRIu64
                 ", \"redirect_cache_drops\": %" PRIu64 ", \"auth_challenges\": %" PRIu64
-                ", \"tokens_fetched\": %" PRIu64 ", \"endpoint_fallbacks\": %" PRIu64 ", \"errors\": %" PRIu64 "}\n",
+                ", \"tokens_fetched\": %" PRIu64 ", \"endpoint_fallbacks\": %" PRIu64
+                ", \"scheme_fallbacks\": %" PRIu64 ", \"errors\": %" PRIu64 "}\n",
                 s.manifests_resolved, s.blobs_opened, s.reads, s.read_bytes, s.range_requests, s.ranges_coalesced,
                 s.redirects, s.redirect_cache_hits, s.redirect_cache_drops, s.auth_challenges, s.tokens_fetched,
-                s.endpoint_fallbacks, s.errors);
+                s.endpoint_fallbacks, s.scheme_fallbacks, s.errors);
         fclose(f);
 }
 
@@ -151,11 +156,44 @@ static int cmd_resolve(FetchClient *c, const char *ref) {
         return 0;
 }
 
+static FetchBlobOptions blob_options(void) {
+        return (FetchBlobOptions) { .expect_size = arg.expect_size, .allow_full = arg.allow_full,
+                                    .known_size = arg.known_size };
+}
+
 static int blob_open(FetchClient *c, const char *ref, FetchBlob **ret) {
         ErrMsg err = {};
-        FetchBlobOptions o = { .expect_size = arg.expect_size, .allow_full = arg.allow_full };
+        FetchBlobOptions o = blob_options();
         int r = fetch_blob_open_ref(c, ref, &o, ret, &err);
         return r < 0 ? fail(r, &err) : 0;
+}
+
+/* fetch_blob_open_tail(), then a read through the blob it opened. */
+static int cmd_tail(FetchClient *c, const char *ref, uint64_t n, bool then_read, uint64_t off, uint64_t len) {
+        FetchBlob *b;
+        ErrMsg err = {};
+        FetchBlobOptions o = blob_options();
+        uint8_t *tail = malloc(n ? n : 1), *rest = malloc(len ? len : 1);
+        ssize_t got = tail && rest ? fetch_blob_open_tail(c, ref, &o, tail, n, &b, &err) : -ENOMEM;
+        int rc = 0;
+        if (got < 0)
+                rc = fail((int) got, &err);
+        ssize_t more = 0;
+        if (rc == 0 && then_read) {
+                more = fetch_blob_read(b, rest, len, off, &err);
+                if (more < 0)
+                        rc = fail((int) more, &err);
+        }
+        if (rc == 0) {
+                printf("{\"size\": %" PRIu64 ", \"tail\": %zd}\n", fetch_blob_size(b), got);
+                fwrite(tail, 1, (size_t) got, stdout);
+                fwrite(rest, 1, (size_t) more, stdout);
+        }
+        if (got >= 0)
+                fetch_blob_free(b);
+        free(tail);
+        free(rest);
+        return rc;
 }
 
 typedef struct Job {
@@ -261,14 +299,14 @@ static int parse_u64(const char *s, uint64_t *ret) {
 
 static int usage(void) {
         fprintf(stderr, "usage: fetch-probe [OPTIONS] resolve REF [--platform P] | open REF | read REF OFF LEN | "
-                        "ranges REF OFF:LEN[,...]\n");
+                        "ranges REF OFF:LEN[,...] | tail REF N [OFF LEN]\n");
         return 2;
 }
 
 int main(int argc, char **argv) {
         enum {
                 O_HOSTS = 256, O_DOCKER, O_TIMEOUT, O_RETRIES, O_STALL, O_CONNS, O_TTL, O_BACKOFF, O_FULL, O_EXPECT,
-                O_GAP, O_MAXREQ, O_REPEAT, O_SLEEP, O_THREADS, O_STATS, O_PLATFORM,
+                O_GAP, O_MAXREQ, O_REPEAT, O_SLEEP, O_THREADS, O_STATS, O_PLATFORM, O_KNOWN,
         };
         static const struct option opts[] = {
                 { "hosts-dir", required_argument, NULL, O_HOSTS },
@@ -281,6 +319,7 @@ int main(int argc, char **argv) {
                 { "backoff-ms", required_argument, NULL, O_BACKOFF },
                 { "allow-full", no_argument, NULL, O_FULL },
                 { "expect-size", required_argument, NULL, O_EXPECT },
+                { "known-size", no_argument, NULL, O_KNOWN },
                 { "max-gap", required_argument, NULL, O_GAP },
                 { "max-request", required_argument, NULL, O_MAXREQ },
                 { "repeat", required_argument, NULL, O_REPEAT },
@@ -293,7 +332,7 @@ int main(int argc, char **argv) {
         int o;
         uint64_t v = 0;
         while ((o = getopt_long(argc, argv, "+", opts, NULL)) != -1) {
-                if (o != O_FULL && o != O_HOSTS && o != O_DOCKER && o != O_STATS && o != O_PLATFORM &&
+                if (o != O_FULL && o != O_KNOWN && o != O_HOSTS && o != O_DOCKER && o != O_STATS && o != O_PLATFORM &&
                     parse_u64(optarg, &v) < 0)
                         return usage();
                 switch (o) {
@@ -306,6 +345,7 @@ int main(int argc, char **argv) {
                 case O_TTL: arg.cfg.redirect_ttl_ms = v; break;
                 case O_BACKOFF: arg.cfg.backoff_base_ms = v; break;
                 case O_FULL: arg.allow_full = true; break;
+                case O_KNOWN: arg.known_size = true; break;
                 case O_EXPECT: arg.expect_size = v; break;
                 case O_GAP: arg.max_gap = v; break;
                 case O_MAXREQ: arg.max_request = v; break;
@@ -351,6 +391,13 @@ int main(int argc, char **argv) {
                         one.len = (size_t) len;
                         rc = cmd_read(c, ref, &one, 1, false);
                 }
+        } else if (strcmp(cmd, "tail") == 0 && (nrest == 1 || nrest == 3)) {
+                uint64_t n, off = 0, len = 0;
+                if (parse_u64(rest[0], &n) < 0 ||
+                    (nrest == 3 && (parse_u64(rest[1], &off) < 0 || parse_u64(rest[2], &len) < 0)))
+                        rc = usage();
+                else
+                        rc = cmd_tail(c, ref, n, nrest == 3, off, len);
         } else if (strcmp(cmd, "ranges") == 0 && nrest == 1) {
                 size_t n = 1;
                 for (const char *p = rest[0]; *p; p++)

@@ -13,7 +13,13 @@ on 127.0.0.1, driven through tests/integration/fetch-probe:
     redirect loops;
   - every fault faultproxy.py can inject: the read returns the right bytes
     (after retries) or fails with a clear error, never wrong bytes, and
-    never later than its deadline.
+    never later than its deadline;
+  - a blob opened with its tail in one suffix-range GET (the size from
+    the Content-Range, every lie about it refused), a server that sends
+    the blob whole (small: taken; large: given up for HEAD + range);
+  - local registries without hosts.toml: plain http with no TLS attempt,
+    and a TLS one (Go's 400, or a close, reset or alert) found through the
+    fall back to https.
 
 Run from the source tree (meson sets HOLDFAST_FETCH_PROBE):
   HOLDFAST_FETCH_PROBE=build/tests/integration/fetch-probe \\
@@ -23,9 +29,13 @@ Run from the source tree (meson sets HOLDFAST_FETCH_PROBE):
 import base64
 import json
 import os
+import socket
+import ssl
+import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import pytest
@@ -494,11 +504,17 @@ def test_deadline_with_retries(proxy, image):
 
 def test_faults_on_head_and_manifest(proxy, image):
     proxy.set_faults({"kind": "status", "status": 503, "count": 2, "method": "HEAD"},
-                     {"kind": "reset", "when": "headers", "count": 1, "path": "/manifests/"})
+                     {"kind": "reset", "when": "headers", "count": 2, "path": "/manifests/"})
     r = probe("--backoff-ms", "20", "open", layer_ref(proxy.host, image))
     assert r.json()["size"] == len(image["blob"])
+    assert r.stats["http"]["retries"]["blob_head"] == 2
+    # The first request of a client to a local registry is a probe: a reset
+    # may mean a TLS server, so https is tried at once (the proxy speaks
+    # none), then plain http again, retried as any request.
     r = probe("--backoff-ms", "20", "resolve", "%s/%s:v1" % (proxy.host, REPO))
     assert r.json()["manifest_digest"] == image["digest"]
+    assert r.stats["scheme_fallbacks"] == 1
+    assert r.stats["http"]["requests"]["manifest"] == 3
     assert r.stats["http"]["retries"]["manifest"] == 1
 
 
@@ -573,6 +589,387 @@ def test_tls_http2_with_ca(tls_registry, image, tmp_path):
     (hd / "hosts.toml").write_text('server = "https://%s"\nskip_verify = true\n' % host)
     r = probe("--hosts-dir", str(tmp_path / "certs.d"), "read", ref, "0", "10")
     assert r.out == image["blob"][:10]
-    # no hosts.toml: a local registry is tried over https first, without verification
-    r = probe("read", ref, "5", "10")
+    assert r.stats["scheme_fallbacks"] == 0 and r.stats["http"]["failures"]["blob_head"] == 0
+    # no hosts.toml: a local registry is spoken to over plain http first (as
+    # containerd and stargz-snapshotter do); Go's TLS server answers that
+    # with a 400, and the client goes on over https, without verification,
+    # at once and only once: the endpoint's scheme is learned
+    r = probe("--threads", "4", "read", ref, "5", "10")
     assert r.out == image["blob"][5:15] and r.stats["http"]["http2"] >= 1
+    assert r.stats["scheme_fallbacks"] == 1, r.stats
+    assert r.stats["http"]["failures"]["blob_head"] == 1 and r.stats["http"]["retries"]["blob_head"] == 0
+    assert r.stats["http"]["failures"]["blob_get"] == 0 and r.stats["http"]["attempts"]["blob_get"] == 4
+    r = tail_probe(host, image["layers"][0]["digest"], read=(5, 10))
+    assert r.data == image["blob"][-TAIL:] + image["blob"][5:15] and r.info["size"] == len(image["blob"])
+    assert r.stats["scheme_fallbacks"] == 1 and r.stats["http"]["failures"]["blob_get"] == 1
+    assert r.stats["http"]["attempts"]["blob_get"] == 3 and r.stats["http"]["retries"]["blob_get"] == 0
+    assert r.elapsed < 5
+
+
+# --- open with the tail ---------------------------------------------------------------
+
+TAIL = 65536
+
+
+def tail_probe(host, digest, n=TAIL, read=None, args=(), expect_ok=True):
+    """fetch-probe tail: r.info is its JSON line, r.data the bytes after it."""
+    extra = [str(read[0]), str(read[1])] if read else []
+    r = probe(*args, "tail", "%s/%s@%s" % (host, REPO, digest), str(n), *extra, expect_ok=expect_ok)
+    r.info, r.data = None, None
+    if r.rc == 0:
+        head, _, r.data = r.out.partition(b"\n")
+        r.info = json.loads(head)
+    return r
+
+
+def blob_path(digest):
+    return "/v2/%s/blobs/%s" % (REPO, digest)
+
+
+def log3(proxy):
+    return [e[:3] for e in proxy.stats()["log"]]
+
+
+@pytest.fixture(scope="module")
+def small_blob(plain):
+    data = os.urandom(1000)
+    return dict(ru.push_layer_blob(plain, REPO, data), data=data)
+
+
+@pytest.fixture(scope="module")
+def big_blob(plain):
+    data = os.urandom(3 << 20)
+    return dict(ru.push_layer_blob(plain, REPO, data), data=data)
+
+
+def test_tail_one_request(proxy, image):
+    """Open + the last 64 KiB: one GET, no HEAD; the size from its
+    Content-Range."""
+    digest, blob = image["layers"][0]["digest"], image["blob"]
+    r = tail_probe(proxy.host, digest)
+    assert r.info == {"size": len(blob), "tail": TAIL} and r.data == blob[-TAIL:]
+    assert log3(proxy) == [["GET", blob_path(digest), 206]]
+    assert proxy.stats()["ranges"] == [{"path": blob_path(digest), "range": "bytes=-%d" % TAIL}]
+    st = r.stats
+    assert st["http"]["requests"]["blob_head"] == 0 and st["http"]["attempts"]["blob_get"] == 1, st
+    assert st["blobs_opened"] == 1 and st["read_bytes"] == TAIL and st["range_requests"] == 1
+    assert st["scheme_fallbacks"] == 0 and st["errors"] == 0
+    # the blob it opened reads on
+    proxy.stats(reset=True)
+    r = tail_probe(proxy.host, digest, read=(1000, 100))
+    assert r.data == blob[-TAIL:] + blob[1000:1100]
+    assert [e[0] for e in log3(proxy)] == ["GET", "GET"]
+    # the manifest's size is checked against the Content-Range's
+    r = tail_probe(proxy.host, digest, args=("--expect-size", str(len(blob))))
+    assert r.data == blob[-TAIL:]
+    r = tail_probe(proxy.host, digest, args=("--expect-size", str(len(blob) - 1)), expect_ok=False)
+    assert "EBADMSG" in r.err and "the manifest %d" % (len(blob) - 1) in r.err and r.out == b""
+    # a known size (our own record): no request to open, the tail a plain range
+    proxy.stats(reset=True)
+    r = tail_probe(proxy.host, digest, args=("--known-size", "--expect-size", str(len(blob))))
+    assert r.info == {"size": len(blob), "tail": TAIL} and r.data == blob[-TAIL:]
+    assert proxy.stats()["ranges"] == [{"path": blob_path(digest),
+                                        "range": "bytes=%d-%d" % (len(blob) - TAIL, len(blob) - 1)}]
+
+
+def test_tail_smaller_than_asked(proxy, small_blob, plain):
+    """A blob no larger than the tail asked for is the tail, whole, and
+    checked against its digest."""
+    digest, data = small_blob["digest"], small_blob["data"]
+    for n in (TAIL, len(data), len(data) - 1, 1):
+        r = tail_probe(proxy.host, digest, n=n)
+        k = min(n, len(data))
+        assert r.info == {"size": len(data), "tail": k} and r.data == data[-k:], n
+    proxy.stats(reset=True)
+    proxy.set_faults({"kind": "corrupt", "nbytes": 1})
+    r = tail_probe(proxy.host, digest, expect_ok=False)
+    assert "EBADMSG" in r.err and "digest" in r.err and r.out == b""
+    # an empty blob: Go's registry answers "206, bytes 0--1/0"; the HEAD says 0
+    proxy.clear_faults()
+    empty = ru.push_layer_blob(plain, REPO, b"")["digest"]
+    proxy.stats(reset=True)
+    r = tail_probe(proxy.host, empty)
+    assert r.info == {"size": 0, "tail": 0} and r.data == b""
+    assert log3(proxy) == [["GET", blob_path(empty), 206], ["HEAD", blob_path(empty), 200]]
+
+
+# (the content_range fault, what the client must say)
+LIES = [
+    ({"value": None}, "(none)"),                                        # no Content-Range
+    ({"value": "bytes {first}-{last}/*"}, "/*"),                        # no size
+    ({"value": "bytes {first}-{last-1}/{total}", "pad": -1}, "Content-Range"),  # not the end of the blob
+    ({"value": "bytes {first+1}-{last}/{total}", "pad": -1}, "Content-Range"),  # less than asked, blob larger
+    ({"value": "bytes {first-1}-{last}/{total}", "pad": 1}, "Content-Range"),   # more than asked
+    ({"value": "bytes {first}-{last}/{total+1}"}, "Content-Range"),     # the last byte is not the last
+    ({"value": "bytes {first}-{last}/{total-1}"}, "Content-Range"),
+    ({"value": "bytes {first}-{last}"}, "Content-Range"),
+    ({"pad": 100}, "sent more than"),                                  # a longer body
+    ({"pad": -100}, "short body"),                                     # a shorter one
+]
+
+
+@pytest.mark.parametrize("lie,msg", LIES, ids=lambda v: str(v))
+def test_tail_content_range_lies(proxy, image, lie, msg):
+    """Each lie about the range or the size is refused with a clear
+    message (after the retries), never with wrong bytes; once it stops,
+    the retry gets the right ones."""
+    digest, blob = image["layers"][0]["digest"], image["blob"]
+    proxy.set_faults(dict(lie, kind="content_range"))
+    r = tail_probe(proxy.host, digest, args=("--backoff-ms", "5"), expect_ok=False)
+    assert r.out == b"" and "EIO" in r.err and msg in r.err and "after retries" in r.err, r.err
+    assert "blob %s/%s@%s" % (proxy.host, REPO, digest) in r.err
+    assert r.elapsed < 5
+    proxy.set_faults(dict(lie, kind="content_range", count=1))
+    r = tail_probe(proxy.host, digest, args=("--backoff-ms", "5"))
+    assert r.info == {"size": len(blob), "tail": TAIL} and r.data == blob[-TAIL:]
+    assert r.stats["http"]["retries"]["blob_get"] == 1
+
+
+def test_tail_size_lie(proxy, image):
+    """A Content-Range that lies consistently (the blob one byte longer) is
+    refused by the manifest's size; without one, the next answer of the
+    honest registry gives the lie away."""
+    digest, blob = image["layers"][0]["digest"], image["blob"]
+    lie = {"kind": "content_range", "value": "bytes {first+1}-{last+1}/{total+1}"}
+    proxy.set_faults(dict(lie, count=1))
+    r = tail_probe(proxy.host, digest, args=("--expect-size", str(len(blob))), expect_ok=False)
+    assert "EBADMSG" in r.err and "%d bytes, the manifest %d" % (len(blob) + 1, len(blob)) in r.err
+    proxy.set_faults(dict(lie, count=1))
+    r = tail_probe(proxy.host, digest, read=(0, 10), expect_ok=False)
+    assert "EBADMSG" in r.err and "now says it has %d bytes" % len(blob) in r.err and r.out == b""
+
+
+def test_tail_whole_blob(proxy, image, big_blob):
+    """A server that ignores the Range: a small blob sent whole is taken
+    (size and digest from it); a large one is given up at its headers and
+    the blob opened with a HEAD and a range."""
+    digest, blob = image["layers"][0]["digest"], image["blob"]
+    proxy.set_faults({"kind": "ignore_range"})
+    for n in (TAIL, 1000):
+        r = tail_probe(proxy.host, digest, n=n)
+        assert r.info == {"size": len(blob), "tail": n} and r.data == blob[-n:]
+        assert r.stats["http"]["attempts"]["blob_get"] == 1 and r.stats["http"]["requests"]["blob_head"] == 0
+    # the whole blob is checked against its digest (one fault per request:
+    # a second proxy corrupts what the first asked for without a Range)
+    with fp.FaultProxy(proxy.url) as front:
+        front.set_faults({"kind": "ignore_range"})
+        proxy.set_faults({"kind": "corrupt", "nbytes": 1, "method": "GET"})
+        proxy.stats(reset=True)
+        r = tail_probe(front.host, digest, expect_ok=False)
+        assert "EBADMSG" in r.err and "digest" in r.err and r.out == b""
+        assert proxy.stats()["faults"] == {"corrupt": 1}
+
+    # 3 MiB at 8 Mbit/s would take 3 s
+    big, data = big_blob["digest"], big_blob["data"]
+    proxy.set_link(rate_mbit=8)
+    proxy.set_faults({"kind": "ignore_range", "count": 1})
+    proxy.stats(reset=True)
+    r = tail_probe(proxy.host, big)
+    assert r.info == {"size": len(data), "tail": TAIL} and r.data == data[-TAIL:]
+    log = log3(proxy)
+    # the first answer is cut short by the client (the proxy notes None once it notices)
+    assert log[0][:2] == ["GET", blob_path(big)] and log[0][2] in (200, None), log
+    assert log[1:] == [["HEAD", blob_path(big), 200], ["GET", blob_path(big), 206]], log
+    assert r.stats["http"]["bytes"]["blob_get"] == TAIL, r.stats["http"]
+    assert r.stats["http"]["retries"]["blob_get"] == 0
+    assert r.elapsed < 2
+    # a server that never sends a range
+    proxy.set_link(rate_mbit=0)
+    proxy.set_faults({"kind": "ignore_range"})
+    r = tail_probe(proxy.host, big, args=("--backoff-ms", "5"), expect_ok=False)
+    assert "EIO" in r.err and "instead of 206" in r.err and r.out == b""
+
+
+@pytest.mark.parametrize("fault", [
+    {"kind": "status", "status": 503, "count": 2},
+    {"kind": "status", "status": 500, "count": 1},
+    {"kind": "short", "count": 1},
+    {"kind": "reset", "when": "body", "count": 1},
+], ids=lambda f: "-".join(str(v) for v in f.values()))
+def test_tail_retried(proxy, image, fault):
+    digest, blob = image["layers"][0]["digest"], image["blob"]
+    proxy.set_faults(fault)
+    r = tail_probe(proxy.host, digest, args=("--backoff-ms", "5"))
+    assert r.info == {"size": len(blob), "tail": TAIL} and r.data == blob[-TAIL:]
+    assert r.stats["http"]["requests"]["blob_head"] == 0
+    assert r.stats["http"]["attempts"]["blob_get"] >= 2
+
+
+def test_tail_redirect(proxy, image):
+    """A redirect to a blob store is followed and remembered, as for any
+    read."""
+    digest, blob = image["layers"][0]["digest"], image["blob"]
+    proxy.set_faults({"kind": "redirect_blob"})
+    r = tail_probe(proxy.host, digest, read=(4096, 100))
+    assert r.data == blob[-TAIL:] + blob[4096:4196]
+    assert r.stats["redirects"] == 1 and r.stats["redirect_cache_hits"] == 1
+    st = proxy.stats()
+    assert st["requests"] == {"range_get": 1, "blobstore": 2}, st["requests"]
+    # the registry, the blob store it sent us to, then the blob store straight away
+    assert [(r["path"].startswith("/__blobstore/"), r["range"]) for r in st["ranges"]] == [
+        (False, "bytes=-%d" % TAIL), (True, "bytes=-%d" % TAIL), (True, "bytes=4096-4195")], st["ranges"]
+
+
+def test_tail_token_auth(token_reg, token_image, tmp_path):
+    blob = token_image["blob"]
+    digest = token_image["layers"][0]["digest"]
+    r = tail_probe(token_reg.host, digest, expect_ok=False)
+    assert "EACCES" in r.err
+    cfg = docker_config(tmp_path, token_reg.host, **auth_entry(*token_reg.credentials))
+    r = tail_probe(token_reg.host, digest, read=(100, 1000), args=("--docker-config", cfg))
+    assert r.data == blob[-TAIL:] + blob[100:1100] and r.info["size"] == len(blob)
+    assert r.stats["auth_challenges"] == 1 and r.stats["tokens_fetched"] == 1
+    assert r.stats["http"]["requests"]["blob_head"] == 0 and r.stats["http"]["requests"]["blob_get"] == 3
+
+
+def test_tail_mirror(plain, image, tmp_path):
+    """Mirrors first, then the server, as for any request."""
+    digest, blob = image["layers"][0]["digest"], image["blob"]
+    with fp.FaultProxy(plain.url) as mirror:
+        hd = hosts_dir(tmp_path, plain.host, 'server = "http://%s"\n[host."http://127.0.0.1:1"]\n'
+                       '[host."http://%s"]\n' % (plain.host, mirror.host))
+        r = tail_probe(plain.host, digest, args=("--hosts-dir", hd, "--backoff-ms", "5"))
+        assert r.data == blob[-TAIL:] and r.stats["endpoint_fallbacks"] == 1
+        assert log3(mirror) == [["GET", blob_path(digest) + "?ns=" + plain.host, 206]]
+        # a mirror that sends a large blob whole: the next endpoint
+        mirror.set_faults({"kind": "ignore_range"})
+        big = os.urandom(2 << 20)
+        d = ru.push_layer_blob(plain, REPO, big)["digest"]
+        r = tail_probe(plain.host, d, args=("--hosts-dir", hd, "--backoff-ms", "5"))
+        assert r.data == big[-TAIL:] and r.stats["endpoint_fallbacks"] == 2
+        assert r.stats["http"]["requests"]["blob_head"] == 0
+
+
+# --- local registries without hosts.toml: plain http first ---------------------------
+
+def test_local_plain_no_tls_attempt(proxy, image):
+    """The default for 127.0.0.1 without hosts.toml is plain http: no TLS
+    handshake is tried, nothing fails, one connection."""
+    r = probe("resolve", "%s/%s:v1" % (proxy.host, REPO))
+    assert r.json()["manifest_digest"] == image["digest"]
+    assert r.stats["scheme_fallbacks"] == 0 and r.stats["endpoint_fallbacks"] == 0
+    assert sum(r.stats["http"]["failures"].values()) == 0
+    assert r.stats["http"]["attempts"] == r.stats["http"]["requests"], r.stats["http"]
+    assert r.stats["http"]["connections"] == 1 and r.stats["http"]["http2"] == 0
+    proxy.stats(reset=True)
+    digest = image["layers"][0]["digest"]
+    r = tail_probe(proxy.host, digest, read=(0, 10))
+    assert log3(proxy) == [["GET", blob_path(digest), 206], ["GET", blob_path(digest), 206]]
+    assert r.stats["scheme_fallbacks"] == 0 and sum(r.stats["http"]["failures"].values()) == 0
+    assert r.stats["http"]["attempts"]["blob_get"] == 2 and r.stats["http"]["connections"] == 1
+
+
+@pytest.fixture(scope="module")
+def self_signed(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cert")
+    cert, key = str(d / "cert.pem"), str(d / "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-keyout", key, "-out", cert, "-days", "1", "-nodes", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    return cert, key
+
+
+class TlsFront:
+    """TLS on 127.0.0.1 (HTTP/1.1) in front of a plain registry, answering
+    a connection that does not open with a TLS handshake the way TLS
+    servers other than Go's do: `plain` "close" (no answer), "reset" (RST)
+    or "alert" (a TLS alert record, then close). `tls` False: it does that
+    to TLS connections too."""
+
+    def __init__(self, upstream, cert, key, plain, tls=True):
+        self.upstream = upstream
+        self.plain = plain
+        self.tls = tls
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(cert, key)
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.host = "127.0.0.1:%d" % self.sock.getsockname()[1]
+        self.stopping = False
+        self.conns = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stopping = True
+        self.sock.close()
+        for c in self.conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self.thread.join(timeout=5)
+
+    def _accept(self):
+        while not self.stopping:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(c)
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _refuse(self, c):
+        if self.plain == "alert":
+            c.sendall(b"\x15\x03\x01\x00\x02\x02\x46")    # fatal protocol_version
+        elif self.plain == "reset":
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        c.close()
+
+    def _serve(self, c):
+        try:
+            first = c.recv(1, socket.MSG_PEEK)
+            if first != b"\x16" or not self.tls:
+                return self._refuse(c)
+            t = self.ctx.wrap_socket(c, server_side=True)
+            u = socket.create_connection(self.upstream)
+        except OSError:
+            c.close()
+            return
+
+        def pipe(a, b):
+            try:
+                while True:
+                    data = a.recv(65536)
+                    if not data:
+                        break
+                    b.sendall(data)
+            except OSError:
+                pass
+            for s in (a, b):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+        threading.Thread(target=pipe, args=(u, t), daemon=True).start()
+        pipe(t, u)
+
+
+@pytest.mark.parametrize("plain_answer", ["close", "reset", "alert"])
+def test_local_tls_front_fallback(proxy, image, self_signed, plain_answer):
+    """A local TLS registry that closes, resets or sends an alert on a plain
+    request: the client goes on over https at once (no retries of the
+    plain attempt), and stays there."""
+    digest, blob = image["layers"][0]["digest"], image["blob"]
+    with TlsFront(("127.0.0.1", proxy.port), *self_signed, plain=plain_answer) as front:
+        r = tail_probe(front.host, digest, read=(7, 100))
+        assert r.data == blob[-TAIL:] + blob[7:107] and r.info["size"] == len(blob)
+        assert r.stats["scheme_fallbacks"] == 1
+        st = r.stats["http"]
+        assert st["attempts"]["blob_get"] == 3 and st["failures"]["blob_get"] == 1 and st["retries"]["blob_get"] == 0
+        assert log3(proxy) == [["GET", blob_path(digest), 206], ["GET", blob_path(digest), 206]]
+        assert r.elapsed < 3
+
+
+def test_local_neither_scheme(proxy, image, self_signed):
+    """A local server that answers neither scheme: the plain attempt's
+    error (after its retries) is the one that counts, the https one is
+    named too."""
+    with TlsFront(("127.0.0.1", proxy.port), *self_signed, plain="reset", tls=False) as front:
+        r = tail_probe(front.host, image["layers"][0]["digest"], args=("--backoff-ms", "5"), expect_ok=False)
+        assert "ECONNRESET" in r.err and "GET http://%s/" % front.host in r.err, r.err
+        assert "after retries" in r.err and "(and over https: GET https://%s/" % front.host in r.err, r.err
+        assert r.stats["scheme_fallbacks"] == 1
+        assert r.elapsed < 5

@@ -1,6 +1,7 @@
 /* Tests of worker/fetch/hosts: containerd's hosts directory (DIR/HOST/
  * hosts.toml, _default, the old certs.d layout), the defaults without one
- * (docker.io's API host, plain-http fallback for local registries), and
+ * (docker.io's API host, plain http first for local registries, with
+ * https to fall back on), and
  * every hosts.toml key: server, [host."URL"], capabilities, skip_verify,
  * ca, override_path, header; bad files give messages naming the file,
  * line and key. */
@@ -57,8 +58,8 @@ int main(void) {
         is_str(h->endpoints[0].host, "r.io", "  the domain");
         is_str(h->endpoints[0].path, "/v2", "  /v2");
         is_int(h->endpoints[0].caps, FETCH_CAP_PULL | FETCH_CAP_RESOLVE | FETCH_CAP_PUSH, "  every capability");
-        ok(!h->endpoints[0].mirror && !h->endpoints[0].http_fallback && !h->endpoints[0].skip_verify,
-           "  not a mirror, no http fallback, verified");
+        ok(!h->endpoints[0].mirror && !h->endpoints[0].scheme_fallback && !h->endpoints[0].skip_verify,
+           "  not a mirror, no scheme fallback, verified");
         is_str(h->source, NULL, "  no source file");
         fetch_hosts_free(h);
 
@@ -67,10 +68,21 @@ int main(void) {
         fetch_hosts_free(h);
 
         h = load_ok("localhost:5000", "local default");
-        ok(h->endpoints[0].http_fallback && h->endpoints[0].skip_verify, "  local: http fallback, no verification");
+        is_str(h->endpoints[0].scheme, "http", "  local: plain http first, as containerd and stargz-snapshotter");
+        is_str(h->endpoints[0].host, "localhost:5000", "  local: the domain");
+        ok(h->endpoints[0].scheme_fallback && h->endpoints[0].skip_verify,
+           "  local: https to fall back on, without verification");
         fetch_hosts_free(h);
         h = load_ok("127.0.0.1:5000", "loopback default");
-        ok(h->endpoints[0].http_fallback, "  127.0.0.1: http fallback");
+        is_str(h->endpoints[0].scheme, "http", "  127.0.0.1: plain http");
+        ok(h->endpoints[0].scheme_fallback, "  127.0.0.1: scheme fallback");
+        fetch_hosts_free(h);
+        h = load_ok("[::1]:5000", "IPv6 loopback default");
+        is_str(h->endpoints[0].scheme, "http", "  [::1]: plain http");
+        fetch_hosts_free(h);
+        h = load_ok("127.0.0.1.evil.com", "a name that only starts like a loopback address");
+        is_str(h->endpoints[0].scheme, "https", "  https");
+        ok(!h->endpoints[0].scheme_fallback && !h->endpoints[0].skip_verify, "  no fallback, verified");
         fetch_hosts_free(h);
 
         put("r.io", "hosts.toml",
@@ -137,7 +149,50 @@ int main(void) {
 
         put("localhost:5000", "hosts.toml", "server = \"https://localhost:5000\"\nca = \"x.pem\"\n");
         h = load_ok("localhost:5000", "local with a CA");
-        ok(h && !h->endpoints[0].http_fallback, "  a CA means https only");
+        ok(h && !h->endpoints[0].scheme_fallback, "  a CA means https only");
+        fetch_hosts_free(h);
+
+        /* an explicit scheme is never second-guessed */
+        put("127.0.0.1:5001", "hosts.toml", "server = \"https://127.0.0.1:5001\"\n");
+        h = load_ok("127.0.0.1:5001", "local server said to be https");
+        if (h) {
+                is_str(h->endpoints[0].scheme, "https", "  https");
+                ok(!h->endpoints[0].scheme_fallback && !h->endpoints[0].skip_verify, "  only, verified");
+        }
+        fetch_hosts_free(h);
+        put("127.0.0.1:5002", "hosts.toml", "server = \"http://127.0.0.1:5002\"\n");
+        h = load_ok("127.0.0.1:5002", "local server said to be http");
+        ok(h && strcmp(h->endpoints[0].scheme, "http") == 0 && !h->endpoints[0].scheme_fallback, "  http only");
+        fetch_hosts_free(h);
+        /* no server in hosts.toml: the default's scheme, unless TLS is meant */
+        put("127.0.0.1:5003", "hosts.toml", "[host.\"http://127.0.0.1:6000\"]\n");
+        h = load_ok("127.0.0.1:5003", "local, a mirror and no server");
+        if (h) {
+                is_int(h->n_endpoints, 2, "  the mirror and the default server");
+                is_str(h->endpoints[1].scheme, "http", "  server: plain http first");
+                ok(h->endpoints[1].scheme_fallback, "  server: https to fall back on");
+                ok(!h->endpoints[0].scheme_fallback, "  mirror: its own scheme only");
+        }
+        fetch_hosts_free(h);
+        put("127.0.0.1:5004", "hosts.toml", "skip_verify = false\n");
+        h = load_ok("127.0.0.1:5004", "local, no server, skip_verify said");
+        if (h) {
+                is_str(h->endpoints[0].scheme, "https", "  https is meant");
+                ok(!h->endpoints[0].scheme_fallback && !h->endpoints[0].skip_verify, "  only, verified");
+        }
+        fetch_hosts_free(h);
+        put("127.0.0.1:5005", NULL, NULL);
+        put("127.0.0.1:5005", "ca.crt", "x");
+        h = load_ok("127.0.0.1:5005", "local, certs.d layout with a CA");
+        if (h) {
+                is_str(h->endpoints[0].scheme, "https", "  a CA means https");
+                ok(!h->endpoints[0].scheme_fallback, "  only");
+        }
+        fetch_hosts_free(h);
+        put("127.0.0.1:5006", NULL, NULL);
+        h = load_ok("127.0.0.1:5006", "local, empty certs.d directory");
+        ok(h && strcmp(h->endpoints[0].scheme, "http") == 0 && h->endpoints[0].scheme_fallback,
+           "  plain http first, https to fall back on");
         fetch_hosts_free(h);
 
         put("bad.io", "hosts.toml", "server = \"https://bad.io\"\n[host.\"https://m\"]\ncapabilities = [\"fly\"]\n");

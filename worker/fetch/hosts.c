@@ -264,20 +264,35 @@ static int bool_key(const TomlValue *t, const char *key, bool *ret, ErrMsg *err)
 
 /* The domain's own server when nothing names one. */
 static int endpoint_default(FetchEndpoint *e, const char *domain, ErrMsg *err) {
+        /* containerd and stargz-snapshotter: a local registry is plain
+         * http, and its certificate, if it has one after all (then we
+         * fall back to https), is not worth checking */
+        bool local = fetch_host_is_local(domain);
         char *url;
-        if (asprintf(&url, "https://%s", fetch_ref_api_host(domain)) < 0)
+        if (asprintf(&url, "%s://%s", local ? "http" : "https", fetch_ref_api_host(domain)) < 0)
                 return -ENOMEM;
         int r = endpoint_set_url(e, url, false, err);
         free(url);
         if (r < 0)
                 return r;
         e->caps = FETCH_CAP_PULL | FETCH_CAP_RESOLVE | FETCH_CAP_PUSH;
-        if (fetch_host_is_local(domain)) {
-                /* containerd: a local registry is usually plain http, and
-                 * its certificate, if any, is not worth checking */
-                e->http_fallback = true;
+        if (local) {
+                e->scheme_fallback = true;
                 e->skip_verify = true;
         }
+        return 0;
+}
+
+/* A CA or skip_verify said for a default endpoint: TLS is meant, only. */
+static int endpoint_want_tls(FetchEndpoint *e) {
+        if (!e->scheme_fallback)
+                return 0;
+        char *s = strdup("https");
+        if (!s)
+                return -ENOMEM;
+        free(e->scheme);
+        e->scheme = s;
+        e->scheme_fallback = false;
         return 0;
 }
 
@@ -369,8 +384,11 @@ int fetch_hosts_parse(const char *toml, size_t len, const char *domain, const ch
         if (r < 0)
                 return errmsg_prefix(err, r, "server");
         /* with a CA or skip_verify said explicitly, https is meant */
-        if (e->n_ca > 0 || toml_table_get(root, "skip_verify"))
-                e->http_fallback = false;
+        if (e->n_ca > 0 || toml_table_get(root, "skip_verify")) {
+                r = endpoint_want_tls(e);
+                if (r < 0)
+                        return r;
+        }
 
         *ret = TAKE_PTR(h);
         return 0;
@@ -478,8 +496,11 @@ int fetch_hosts_load(const char *dir, const char *domain, FetchHosts **ret, ErrM
                 r = legacy_certs(&h->endpoints[0], host_dir);
                 if (r < 0)
                         return errmsg_set(err, r, "%s: cannot list certificates", host_dir);
-                if (h->endpoints[0].n_ca > 0)
-                        h->endpoints[0].http_fallback = false;
+                if (h->endpoints[0].n_ca > 0) {
+                        r = endpoint_want_tls(&h->endpoints[0]);
+                        if (r < 0)
+                                return r;
+                }
                 h->source = TAKE_PTR(host_dir);
                 *ret = TAKE_PTR(h);
                 return 0;

@@ -13,12 +13,18 @@
  * CAs for the default server.
  *
  * With no directory at all, the endpoint is https://DOMAIN/v2 (docker.io:
- * https://registry-1.docker.io/v2); for localhost, 127.0.0.0/8 and ::1 it
- * may also fall back to plain http, as containerd does.
+ * https://registry-1.docker.io/v2), except for localhost, 127.0.0.0/8 and
+ * ::1: http://DOMAIN/v2, as containerd (docker.WithPlainHTTP(
+ * docker.MatchLocalhost), and its hosts directory's default) and
+ * stargz-snapshotter do: a local registry is nearly always plain, and a
+ * fresh worker would otherwise pay a failed TLS handshake before its
+ * first request. Such an endpoint (scheme_fallback) still reaches a local
+ * registry that speaks TLS: the client tries https, unverified, when the
+ * plain answer says so (see registry.c). A scheme, CA or skip_verify
+ * written in hosts.toml is taken as it is.
  *
- * The lists are immutable after loading except `use_http`, which the
- * client flips (atomically) once it learned that a fallback endpoint
- * speaks plain http. */
+ * The lists are immutable after loading; what the client learns about an
+ * endpoint's scheme it keeps on its side. */
 #pragma once
 
 #include <stdbool.h>
@@ -35,14 +41,14 @@ typedef enum FetchCap {
 } FetchCap;
 
 typedef struct FetchEndpoint {
-        char *scheme;       /* owned: "https" or "http" */
+        char *scheme;       /* owned: "https" or "http" (the one tried first) */
         char *host;         /* owned: host[:port] as it goes into a URL */
         char *path;         /* owned: "/v2", or the override path (maybe ""); no trailing '/' */
         unsigned caps;      /* FetchCap bits */
         bool skip_verify;
         bool mirror;        /* not the domain's own server: requests carry ?ns=DOMAIN */
-        bool http_fallback; /* https, but plain http is tried when TLS fails */
-        bool use_http;      /* http_fallback learned: go straight to http (atomic) */
+        bool scheme_fallback; /* no scheme was asked for: the other one is tried when an answer says the
+                               * server speaks it */
         char **ca;          /* owned: CA file paths, absolute */
         size_t n_ca;
         char **headers;     /* owned: "Name: value" lines */

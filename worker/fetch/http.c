@@ -91,6 +91,7 @@ struct HttpRequestPriv {
         char curl_error[CURL_ERROR_SIZE];
         BodyMode mode;
         uint64_t pos;          /* body bytes of this attempt */
+        uint64_t want;         /* BODY_RANGE: the body's length, as the Content-Range says */
         char *content_range;   /* owned */
         char *retry_after;     /* owned */
         uint64_t progress_ns;  /* when this attempt last received anything */
@@ -162,7 +163,7 @@ void http_request_reset(HttpRequest *req) {
         req->location = req->www_authenticate = req->content_type = req->docker_digest = NULL;
         req->error = 0;
         req->status = 0;
-        req->tls_failed = false;
+        req->wrong_scheme = false;
         req->content_length = -1;
         req->range_total = -1;
         req->attempts = 0;
@@ -174,7 +175,8 @@ void http_request_reset(HttpRequest *req) {
 typedef struct Verdict {
         int error;       /* 0: a usable answer */
         bool retryable;
-        bool tls;
+        bool tls;        /* the TLS handshake failed: the server may speak plain http */
+        bool not_http;   /* over plain http, what a TLS server causes: no answer, no HTTP, or a 400 */
 } Verdict;
 
 static Verdict http_result_errno(CURLcode cc, long status) {
@@ -190,10 +192,11 @@ static Verdict http_result_errno(CURLcode cc, long status) {
         case CURLE_RECV_ERROR:
         case CURLE_SEND_ERROR:
         case CURLE_GOT_NOTHING:
-                return (Verdict) { -ECONNRESET, true, false };
+                return (Verdict) { -ECONNRESET, true, false, true };
+        case CURLE_WEIRD_SERVER_REPLY:
+                return (Verdict) { -EIO, true, false, true };
         case CURLE_HTTP2:
         case CURLE_HTTP2_STREAM:
-        case CURLE_WEIRD_SERVER_REPLY:
         case CURLE_BAD_CONTENT_ENCODING:
                 return (Verdict) { -EIO, true, false };
         case CURLE_COULDNT_RESOLVE_HOST:
@@ -210,8 +213,12 @@ static Verdict http_result_errno(CURLcode cc, long status) {
         case CURLE_SSL_CRL_BADFILE:
         case CURLE_USE_SSL_FAILED:
                 return (Verdict) { -EPROTO, false, true };
-        case CURLE_URL_MALFORMAT:
         case CURLE_UNSUPPORTED_PROTOCOL:
+                /* our URLs are http(s) (CURLOPT_PROTOCOLS_STR): this is an
+                 * answer that is not HTTP ("Received HTTP/0.9"), such as
+                 * a TLS alert */
+                return (Verdict) { -EPROTO, false, false, true };
+        case CURLE_URL_MALFORMAT:
                 return (Verdict) { -EINVAL, false, false };
         case CURLE_OUT_OF_MEMORY:
                 return (Verdict) { -ENOMEM, false, false };
@@ -240,6 +247,10 @@ static Verdict http_result_errno(CURLcode cc, long status) {
                 return (Verdict) { -EIO, true, false };
         case 416:
                 return (Verdict) { -ERANGE, false, false };
+        case 400:
+                /* also what Go's TLS server answers to plain http ("Client
+                 * sent an HTTP request to an HTTPS server.") */
+                return (Verdict) { -EIO, false, false, true };
         default:
                 return (Verdict) { -EIO, false, false };
         }
@@ -317,12 +328,51 @@ static bool parse_u64(const char **pp, uint64_t *ret) {
         return true;
 }
 
+/* "bytes FIRST-LAST/TOTAL" of a suffix range request (see http.h): the
+ * Content-Range is the only word on the entity's size, so nothing about
+ * it is taken on trust. An empty entity has no last byte to name (Go
+ * says "bytes 0--1/0"): -ERANGE, as a 416 would be. */
+static int content_range_check_suffix(Priv *p) {
+        HttpRequest *req = p->req;
+        const char *s = p->content_range, *slash = s ? strrchr(s, '/') : NULL;
+        uint64_t first, last, total;
+        if (!s || strncasecmp(s, "bytes ", 6) != 0)
+                goto bad;
+        if (slash && strcmp(slash, "/0") == 0) {
+                snprintf(p->own_msg, sizeof(p->own_msg), "Content-Range \"%.60s\": the entity is empty", s);
+                p->own_error = -ERANGE;
+                p->own_retryable = false;
+                return -ERANGE;
+        }
+        s += 6;
+        while (*s == ' ')
+                s++;
+        if (!parse_u64(&s, &first) || *s++ != '-' || !parse_u64(&s, &last) || *s++ != '/' ||
+            !parse_u64(&s, &total) || *s || total == 0 || total > INT64_MAX)
+                goto bad;
+        uint64_t n = MIN(req->range_len, total);
+        if (last != total - 1 || first != total - n)
+                goto bad;
+        req->range_total = (int64_t) total;
+        p->want = n;
+        return 0;
+bad:
+        snprintf(p->own_msg, sizeof(p->own_msg),
+                 "answered the last %" PRIu64 " bytes with Content-Range \"%.60s\" (not the end of a known size)",
+                 req->range_len, p->content_range ? p->content_range : "(none)");
+        p->own_error = -EIO;
+        p->own_retryable = true;
+        return -EIO;
+}
+
 /* "bytes FIRST-LAST/TOTAL" (TOTAL may be '*') must be exactly the range asked for. */
 static int content_range_check(Priv *p) {
         HttpRequest *req = p->req;
         uint64_t want_last = req->range_off + req->range_len - 1;
         const char *s = p->content_range;
         uint64_t first, last, total;
+        if (req->range_suffix)
+                return content_range_check_suffix(p);
         if (!s)
                 goto bad;
         if (strncasecmp(s, "bytes ", 6) != 0)
@@ -344,6 +394,7 @@ static int content_range_check(Priv *p) {
                 goto bad;
         if (first != req->range_off || last != want_last)
                 goto bad;
+        p->want = req->range_len;
         return 0;
 bad:
         snprintf(p->own_msg, sizeof(p->own_msg), "answered bytes %" PRIu64 "-%" PRIu64 " with Content-Range \"%.60s\"",
@@ -351,6 +402,25 @@ bad:
         p->own_error = -EIO;
         p->own_retryable = true;
         return -EIO;
+}
+
+static size_t body_max(const HttpRequest *req) {
+        return req->body_max ? req->body_max : DEFAULT_BODY_MAX;
+}
+
+/* An answer to buffer whose Content-Length is over the limit is given up
+ * before its first byte is kept (a registry ignoring a suffix range may
+ * be sending gigabytes). */
+static bool body_too_large(Priv *p) {
+        curl_off_t clen = -1;
+        size_t max = body_max(p->req);
+        curl_easy_getinfo(p->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &clen);
+        if (clen < 0 || (uint64_t) clen <= max)
+                return false;
+        snprintf(p->own_msg, sizeof(p->own_msg), "answer of %" PRId64 " bytes is larger than %zu", (int64_t) clen, max);
+        p->own_error = -EFBIG;
+        p->own_retryable = false;
+        return true;
 }
 
 static size_t on_write(char *data, size_t size, size_t nmemb, void *userdata) {
@@ -364,12 +434,19 @@ static size_t on_write(char *data, size_t size, size_t nmemb, void *userdata) {
                 curl_easy_getinfo(p->easy, CURLINFO_RESPONSE_CODE, &status);
                 if (status < 200 || status >= 300)
                         p->mode = BODY_ERROR;
-                else if (!req->range)
+                else if (!req->range) {
+                        if (body_too_large(p))
+                                return 0;
                         p->mode = BODY_BUFFER;
-                else if (status == 206) {
+                } else if (status == 206) {
                         if (content_range_check(p) < 0)
                                 return 0;
                         p->mode = BODY_RANGE;
+                } else if (status == 200 && req->range_suffix) {
+                        /* the whole entity: taken only when it is small */
+                        if (body_too_large(p))
+                                return 0;
+                        p->mode = BODY_BUFFER;
                 } else if (status == 200 && req->allow_full) {
                         p->mode = BODY_RANGE_FULL;
                 } else {
@@ -384,9 +461,9 @@ static size_t on_write(char *data, size_t size, size_t nmemb, void *userdata) {
 
         switch (p->mode) {
         case BODY_RANGE:
-                if (n > req->range_len - p->pos) {
+                if (n > p->want - p->pos) {
                         snprintf(p->own_msg, sizeof(p->own_msg), "sent more than the %" PRIu64 " bytes asked for",
-                                 req->range_len);
+                                 p->want);
                         p->own_error = -EIO;
                         p->own_retryable = true;
                         return 0;
@@ -403,7 +480,7 @@ static size_t on_write(char *data, size_t size, size_t nmemb, void *userdata) {
                 return n;
         }
         case BODY_BUFFER: {
-                size_t max = req->body_max ? req->body_max : DEFAULT_BODY_MAX;
+                size_t max = body_max(req);
                 if (n > max - MIN(max, req->body.len)) {
                         snprintf(p->own_msg, sizeof(p->own_msg), "answer is larger than %zu bytes", max);
                         p->own_error = -EFBIG;
@@ -521,7 +598,10 @@ static int attempt_setup(Priv *p, uint64_t left_ms) {
                 curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
                 break;
         }
-        if (r >= 0 && req->range) {
+        if (r >= 0 && req->range && req->range_suffix) {
+                snprintf(line, sizeof(line), "Range: bytes=-%" PRIu64, req->range_len);
+                r = slist_add(&p->hdrs, line);
+        } else if (r >= 0 && req->range) {
                 snprintf(line, sizeof(line), "Range: bytes=%" PRIu64 "-%" PRIu64, req->range_off,
                          req->range_off + req->range_len - 1);
                 r = slist_add(&p->hdrs, line);
@@ -558,6 +638,7 @@ static void attempt_start(Priv *p) {
         }
         p->mode = BODY_UNDECIDED;
         p->pos = 0;
+        p->want = 0;
         p->own_error = 0;
         p->own_retryable = false;
         p->own_msg[0] = 0;
@@ -650,18 +731,21 @@ static void attempt_done(Priv *p, CURLcode cc) {
                 if (p->mode == BODY_UNDECIDED && status == 206) {
                         /* no body at all: the headers may still be wrong */
                         if (content_range_check(p) < 0) {
-                                v = (Verdict) { -EIO, true, false };
+                                v = (Verdict) { p->own_error, p->own_retryable, false };
                                 snprintf(msg, sizeof(msg), "%s", p->own_msg);
                         } else {
                                 v = (Verdict) { -EIO, true, false };
-                                snprintf(msg, sizeof(msg), "short body: 0 of %" PRIu64 " bytes", req->range_len);
+                                snprintf(msg, sizeof(msg), "short body: 0 of %" PRIu64 " bytes", p->want);
                         }
                 } else if (p->mode == BODY_RANGE) {
-                        if (p->pos != req->range_len) {
+                        if (p->pos != p->want) {
                                 v = (Verdict) { -EIO, true, false };
                                 snprintf(msg, sizeof(msg), "short body: %" PRIu64 " of %" PRIu64 " bytes", p->pos,
-                                         req->range_len);
+                                         p->want);
                         }
+                } else if (req->range_suffix && status == 200 &&
+                           (p->mode == BODY_BUFFER || p->mode == BODY_UNDECIDED)) {
+                        req->range_total = (int64_t) p->pos; /* the whole entity, in body */
                 } else if (p->mode == BODY_RANGE_FULL || (p->mode == BODY_UNDECIDED && status == 200 && req->allow_full)) {
                         if (p->pos < req->range_off + req->range_len) {
                                 v = (Verdict) { -EIO, true, false };
@@ -675,7 +759,7 @@ static void attempt_done(Priv *p, CURLcode cc) {
                         snprintf(msg, sizeof(msg), "answered a range request with HTTP %ld and no body", status);
                 }
         }
-        req->tls_failed = v.tls;
+        req->wrong_scheme = strncasecmp(req->url, "https://", 8) == 0 ? v.tls : v.not_http;
 
         attempt_cleanup(p);
         if (v.error == 0) {
@@ -684,7 +768,8 @@ static void attempt_done(Priv *p, CURLcode cc) {
         }
         memcpy(p->last_msg, msg, sizeof(msg));
 
-        if (!v.retryable || req->no_retry || p->attempts > h->cfg.retries) {
+        if (!v.retryable || req->no_retry || (req->scheme_probe && req->wrong_scheme) ||
+            p->attempts > h->cfg.retries) {
                 req_finish(p, v.error);
                 return;
         }

@@ -8,9 +8,11 @@
  * Retries (exponential backoff with jitter) happen here, for 408, 429 and
  * 5xx answers (Retry-After is honoured when it fits the deadline),
  * connection resets, stalls and timeouts of one attempt, and short, long
- * or mis-ranged bodies. Every request has a deadline (absolute, on
- * CLOCK_MONOTONIC): when it passes, the request ends with -ETIMEDOUT
- * whatever state it is in: queued, in flight or waiting to retry.
+ * or mis-ranged bodies (not when a scheme_probe fails the way a server
+ * speaking the other scheme makes it fail). Every request has a deadline
+ * (absolute, on CLOCK_MONOTONIC): when it passes, the request ends with
+ * -ETIMEDOUT whatever state it is in: queued, in flight or waiting to
+ * retry.
  *
  * Redirects are not followed here (the registry layer decides where
  * Authorization may go). HTTP statuses and CURLcodes become -errno in
@@ -95,24 +97,38 @@ struct HttpRequest {
         void *dest;                  /* range_len bytes */
         bool allow_full;
 
-        size_t body_max;             /* buffered answers (not ranges): larger is -EFBIG; 0: 4 MiB */
+        /* With range: a suffix range instead ("bytes=-range_len", range_off
+         * unused), for an entity whose size we do not know yet. The answer
+         * must be 206 with "bytes T-n-(T-1)/T", T a number and n =
+         * MIN(range_len, T), and exactly n bytes, which go to dest; or 200
+         * with the whole entity, buffered in body (larger than body_max:
+         * -EFBIG, given up at once). Either way range_total is T. */
+        bool range_suffix;
+
+        size_t body_max;             /* buffered answers (not ranges; a suffix range's 200): larger is -EFBIG; 0: 4 MiB */
         uint64_t deadline_ns;        /* CLOCK_MONOTONIC; 0: now + 30 s */
         bool skip_verify;
         const char *ca_blob;         /* PEM certificates to trust instead of the system's, or NULL */
         size_t ca_blob_len;
         bool no_retry;               /* one attempt only */
+        bool scheme_probe;           /* the URL's scheme is a guess: a failure with wrong_scheme is not retried */
 
         /* ---- out: valid after completion ---- */
         int error;                   /* 0, or -errno (see http_result_errno()) */
         long status;                 /* last HTTP status, 0 when none came */
-        bool tls_failed;             /* the last attempt failed in the TLS handshake */
+        /* The last attempt failed the way a server speaking the other
+         * scheme makes it fail: over https, the TLS handshake; over plain
+         * http, no answer (a reset, a close), a TLS alert (not HTTP) or a
+         * 400 (what Go's TLS server answers to a plain request). */
+        bool wrong_scheme;
         StrBuf body;                 /* owned by the request: buffered body, or the start of an error body */
         char *location;              /* owned: Location of a 3xx */
         char *www_authenticate;      /* owned: every WWW-Authenticate, joined with ", " */
         char *content_type;          /* owned */
         char *docker_digest;         /* owned: Docker-Content-Digest */
         int64_t content_length;      /* -1 when unknown */
-        int64_t range_total;         /* 206: the total after '/' in Content-Range; -1 when '*' */
+        int64_t range_total;         /* 206: the total after '/' in Content-Range; -1 when '*'.
+                                      * A whole 200 body taken for a range: its length */
         unsigned attempts;
         ErrMsg msg;                  /* when error < 0: what went wrong, without credentials */
 

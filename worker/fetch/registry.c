@@ -10,12 +10,15 @@
  *  - Every call computes one deadline when it starts and hands it to every
  *    request it makes, so no call outlives FetchConfig.timeout_ms.
  *  - A byte reaches the caller only from a 206 whose Content-Range is
- *    exactly the range asked for (or a whole 200 body when allowed), from
- *    a blob whose size matches; whole-blob reads and manifests are also
- *    checked against their digests.
+ *    exactly the range asked for (a blob's tail: the end of the size it
+ *    names), or a whole 200 body when allowed, from a blob whose size
+ *    matches; whole-blob reads (a whole 200 for a tail, a tail that is
+ *    the whole blob) and manifests are also checked against their digests.
  *  - Endpoint lists, once cached, live as long as the client; the hosts
- *    mutex guards only the cache's list. Each blob's mutex guards its
- *    redirect URL and preferred endpoint. */
+ *    mutex guards only the cache's list; what an endpoint's answers taught
+ *    about its scheme (HostsEntry.scheme) is atomic, learned by any
+ *    thread. Each blob's mutex guards its redirect URL and preferred
+ *    endpoint. */
 #include "worker/fetch/registry.h"
 
 #include <curl/curl.h>
@@ -46,10 +49,17 @@ typedef struct EndpointTls {
         size_t ca_len;
 } EndpointTls;
 
+/* What an endpoint's answers taught about its scheme. */
+typedef enum SchemeState {
+        SCHEME_GUESS, /* nothing answered yet: its own scheme, as a probe (no retries when it looks wrong) */
+        SCHEME_OWN,   /* its own scheme answered */
+        SCHEME_OTHER, /* the other one answered (scheme_fallback endpoints only) */
+} SchemeState;
+
 typedef struct HostsEntry {
         FetchHosts *hosts;  /* owned */
         EndpointTls *tls;   /* owned, parallel to hosts->endpoints */
-        _Atomic bool *use_http; /* owned, parallel: learned plain-http fallback */
+        _Atomic int *scheme; /* owned, parallel: SchemeState, learned by any thread */
         struct HostsEntry *next;
 } HostsEntry;
 
@@ -65,6 +75,7 @@ typedef enum StatId {
         ST_REDIRECT_DROPS,
         ST_CHALLENGES,
         ST_FALLBACKS,
+        ST_SCHEME_FALLBACKS,
         ST_ERRORS,
         _ST_MAX,
 } StatId;
@@ -103,7 +114,7 @@ static void hosts_entry_free(HostsEntry *he) {
         for (size_t i = 0; he->tls && i < he->hosts->n_endpoints; i++)
                 free(he->tls[i].ca_blob);
         free(he->tls);
-        free(he->use_http);
+        free(he->scheme);
         fetch_hosts_free(he->hosts);
         free(he);
 }
@@ -195,6 +206,7 @@ void fetch_client_stats(FetchClient *c, FetchStats *ret) {
         ret->auth_challenges = atomic_load(&c->stats[ST_CHALLENGES]);
         ret->tokens_fetched = fetch_auth_tokens_fetched(c->auth);
         ret->endpoint_fallbacks = atomic_load(&c->stats[ST_FALLBACKS]);
+        ret->scheme_fallbacks = atomic_load(&c->stats[ST_SCHEME_FALLBACKS]);
         ret->errors = atomic_load(&c->stats[ST_ERRORS]);
 }
 
@@ -243,8 +255,8 @@ static int client_hosts(FetchClient *c, const char *domain, HostsEntry **ret, Er
         }
         size_t n = he->hosts->n_endpoints;
         he->tls = calloc(n, sizeof(*he->tls));
-        he->use_http = calloc(n, sizeof(*he->use_http));
-        if (!he->tls || !he->use_http) {
+        he->scheme = calloc(n, sizeof(*he->scheme));
+        if (!he->tls || !he->scheme) {
                 hosts_entry_free(he);
                 return -ENOMEM;
         }
@@ -288,6 +300,10 @@ typedef struct Call {
         const char *repo;
         uint64_t deadline_ns;
         ErrMsg *err;
+        /* call_send()'s first exchange, with the endpoint itself */
+        bool probe;        /* in: its scheme is a guess (HttpRequest.scheme_probe) */
+        bool answered;     /* out: it answered in HTTP, in the scheme asked */
+        bool wrong_scheme; /* out: its failure says it speaks the other scheme */
 } Call;
 
 /* scheme://host[:port] of url, lower-cased scheme and host, default port explicit. */
@@ -383,8 +399,9 @@ static int call_send_headers(Call *call, size_t ep_index, const char *url, const
         _cleanup_free_ char *cur = strdup(url);
         if (!cur)
                 return -ENOMEM;
-        bool challenged = false;
+        bool challenged = false, first = true;
         char ubuf[256];
+        call->answered = call->wrong_scheme = false;
         for (unsigned hops = 0;;) {
                 _cleanup_free_ char *origin = NULL;
                 int r = url_origin(cur, &origin);
@@ -407,9 +424,16 @@ static int call_send_headers(Call *call, size_t ep_index, const char *url, const
                 req->skip_verify = trusted && ep->skip_verify;
                 req->ca_blob = trusted && tls->ca_len ? tls->ca_blob : NULL;
                 req->ca_blob_len = trusted ? tls->ca_len : 0;
+                req->scheme_probe = first && call->probe;
                 r = http_request_run(c->http, req);
                 req->authorization = NULL;
+                req->scheme_probe = false;
                 bzero_free(authz);
+                if (first) {
+                        call->wrong_scheme = r < 0 && req->wrong_scheme;
+                        call->answered = req->status != 0 && !call->wrong_scheme;
+                        first = false;
+                }
 
                 if (req->status == 401 && trusted && !challenged) {
                         challenged = true;
@@ -456,9 +480,16 @@ static int call_send_headers(Call *call, size_t ep_index, const char *url, const
         }
 }
 
-static int endpoint_url_scheme(Call *call, size_t ep_index, bool plain_http, const char *suffix, char **ret) {
+/* The endpoint's own scheme, or the other one. */
+static const char *endpoint_scheme(const FetchEndpoint *ep, bool other) {
+        if (!other)
+                return ep->scheme;
+        return strcmp(ep->scheme, "http") == 0 ? "https" : "http";
+}
+
+static int endpoint_url_scheme(Call *call, size_t ep_index, bool other, const char *suffix, char **ret) {
         const FetchEndpoint *ep = &call->he->hosts->endpoints[ep_index];
-        const char *scheme = plain_http ? "http" : ep->scheme;
+        const char *scheme = endpoint_scheme(ep, other);
         int n;
         if (ep->mirror)
                 n = asprintf(ret, "%s://%s%s/%s/%s?ns=%s", scheme, ep->host, ep->path, call->repo, suffix, call->domain);
@@ -467,35 +498,72 @@ static int endpoint_url_scheme(Call *call, size_t ep_index, bool plain_http, con
         return n < 0 ? -ENOMEM : 0;
 }
 
-static int endpoint_url(Call *call, size_t ep_index, const char *suffix, char **ret) {
-        return endpoint_url_scheme(call, ep_index, atomic_load(&call->he->use_http[ep_index]), suffix, ret);
+static bool endpoint_other_scheme(Call *call, size_t ep_index) {
+        return atomic_load(&call->he->scheme[ep_index]) == SCHEME_OTHER;
 }
 
-/* One endpoint, with containerd's plain-http fallback for local registries. */
+static int endpoint_url(Call *call, size_t ep_index, const char *suffix, char **ret) {
+        return endpoint_url_scheme(call, ep_index, endpoint_other_scheme(call, ep_index), suffix, ret);
+}
+
+/* One try of endpoint i over its own scheme or the other; its message
+ * goes to *e. probe: a failure that says "the other scheme" is not
+ * retried. An answer in HTTP teaches the endpoint's scheme. */
+static int call_endpoint_scheme(Call *call, size_t i, bool other, bool probe, const char *suffix, HttpRequest *req,
+                                char **ret_final, ErrMsg *e) {
+        const FetchEndpoint *ep = &call->he->hosts->endpoints[i];
+        _cleanup_free_ char *url = NULL, *origin = NULL;
+        int r = endpoint_url_scheme(call, i, other, suffix, &url);
+        if (r >= 0)
+                r = url_origin(url, &origin);
+        if (r < 0)
+                return errmsg_set(e, r, "cannot build the URL for %s", ep->host);
+        ErrMsg *saved = call->err;
+        call->err = e;
+        call->probe = probe;
+        r = call_send(call, i, url, origin, req, ret_final);
+        call->probe = false;
+        call->err = saved;
+        if (call->answered && ep->scheme_fallback)
+                atomic_store(&call->he->scheme[i], other ? SCHEME_OTHER : SCHEME_OWN);
+        return r;
+}
+
+/* One endpoint. One with scheme_fallback (a local registry without
+ * hosts.toml, plain http first) is tried over the scheme it last answered
+ * in, and over the other one when the failure says the server speaks
+ * that (a plain request to a TLS server, or the reverse; see
+ * HttpRequest.wrong_scheme), or when another thread learned the other
+ * scheme while this attempt ran (it may have waited on a connection that
+ * was never going to work).
+ *
+ * Until the endpoint has answered at all, its first try is a probe: a
+ * reset or a close is taken for a TLS server at once rather than retried
+ * with backoff. When the other scheme gets no answer either, the first
+ * one is tried again, retried as any request (a plain registry that reset
+ * one connection), and its error is the one reported: it is about the
+ * scheme the registry is expected to speak. */
 static int call_endpoint(Call *call, size_t i, const char *suffix, HttpRequest *req, char **ret_final) {
         const FetchEndpoint *ep = &call->he->hosts->endpoints[i];
-        for (;;) {
-                _cleanup_free_ char *url = NULL, *origin = NULL;
-                /* what this attempt used: another thread may learn the
-                 * fallback meanwhile, and our TLS failure still means
-                 * "try plain http" */
-                bool plain_http = atomic_load(&call->he->use_http[i]);
-                int r = endpoint_url_scheme(call, i, plain_http, suffix, &url);
-                if (r >= 0)
-                        r = url_origin(url, &origin);
-                if (r < 0)
-                        return errmsg_set(call->err, r, "cannot build the URL for %s", ep->host);
-                r = call_send(call, i, url, origin, req, ret_final);
-                /* A local registry that speaks plain http. An attempt made
-                 * while another thread's TLS failure taught the fallback
-                 * may fail otherwise (it waited on that connection). */
-                if (r < 0 && ep->http_fallback && !plain_http &&
-                    (req->tls_failed || atomic_load(&call->he->use_http[i]))) {
-                        atomic_store(&call->he->use_http[i], true);
-                        continue;
-                }
-                return r;
+        int state = atomic_load(&call->he->scheme[i]);
+        bool other = state == SCHEME_OTHER, probe = ep->scheme_fallback && state == SCHEME_GUESS;
+        ErrMsg first = {};
+        int r = call_endpoint_scheme(call, i, other, probe, suffix, req, ret_final, &first);
+        bool raced = ep->scheme_fallback && endpoint_other_scheme(call, i) != other;
+        if (r >= 0 || !ep->scheme_fallback || (call->answered && !raced) || !(call->wrong_scheme || raced))
+                return r < 0 ? errmsg_set(call->err, r, "%s", first.text) : r;
+
+        stat_add(call->c, ST_SCHEME_FALLBACKS, 1);
+        ErrMsg second = {};
+        int r2 = call_endpoint_scheme(call, i, !other, probe && !raced, suffix, req, ret_final, &second);
+        if (r2 >= 0 || call->answered || raced)
+                return r2 < 0 ? errmsg_set(call->err, r2, "%s", second.text) : r2;
+        if (probe) {
+                r = call_endpoint_scheme(call, i, other, false, suffix, req, ret_final, &first);
+                if (r >= 0 || call->answered)
+                        return r < 0 ? errmsg_set(call->err, r, "%s", first.text) : r;
         }
+        return errmsg_set(call->err, r, "%s (and over %s: %s)", first.text, endpoint_scheme(ep, !other), second.text);
 }
 
 /* Tries the endpoints with cap, preferred one first; *ret_used says which answered. */
@@ -808,13 +876,14 @@ int fetch_blob_open(FetchClient *c, const char *host_repo, const char *digest, c
         return fetch_blob_open_ref(c, ref, opts, ret, err);
 }
 
-int fetch_blob_open_ref(FetchClient *c, const char *layer_ref, const FetchBlobOptions *opts, FetchBlob **ret,
-                        ErrMsg *err) {
+/* A FetchBlob for layer_ref, no request made yet; *call is ready for its first. */
+static int blob_new(FetchClient *c, const char *layer_ref, const FetchBlobOptions *opts, FetchBlob **ret, Call *call,
+                    ErrMsg *err) {
         _cleanup_(fetch_ref_freep) FetchRef *fr = NULL;
         _cleanup_(fetch_blob_freep) FetchBlob *b = NULL;
         int r = fetch_ref_parse_layer(layer_ref, &fr, err);
         if (r < 0)
-                goto fail;
+                return r;
         b = calloc(1, sizeof(*b));
         if (!b)
                 return -ENOMEM;
@@ -824,28 +893,40 @@ int fetch_blob_open_ref(FetchClient *c, const char *layer_ref, const FetchBlobOp
         b->repo = TAKE_PTR(fr->repo);
         b->digest = TAKE_PTR(fr->digest);
         b->allow_full = opts && opts->allow_full;
+        r = call_init(call, c, b->domain, b->repo, err);
+        if (r < 0)
+                return r;
+        b->he = call->he;
+        *ret = TAKE_PTR(b);
+        return 0;
+}
+
+/* The blob's size from a HEAD, checked against the manifest's. */
+static int blob_open_head(FetchBlob *b, Call *call, const FetchBlobOptions *opts, ErrMsg *err) {
+        int r = blob_head(b, call, err);
+        if (r < 0)
+                return errmsg_prefix(err, r, "blob %s/%s@%s", b->domain, b->repo, b->digest);
+        if (opts && opts->expect_size && b->size != opts->expect_size)
+                return errmsg_set(err, -EBADMSG, "blob %s/%s@%s: the registry says %" PRIu64 " bytes, the manifest %" PRIu64,
+                                  b->domain, b->repo, b->digest, b->size, opts->expect_size);
+        return 0;
+}
+
+int fetch_blob_open_ref(FetchClient *c, const char *layer_ref, const FetchBlobOptions *opts, FetchBlob **ret,
+                        ErrMsg *err) {
+        _cleanup_(fetch_blob_freep) FetchBlob *b = NULL;
         Call call;
-        r = call_init(&call, c, b->domain, b->repo, err);
+        int r = blob_new(c, layer_ref, opts, &b, &call, err);
         if (r < 0)
                 goto fail;
-        b->he = call.he;
-        if (opts && opts->known_size) {
+        if (opts && opts->known_size)
                 /* from our own records: no request now; every range
                  * answer's total is still checked against it */
                 b->size = opts->expect_size;
-                stat_add(c, ST_BLOBS, 1);
-                *ret = TAKE_PTR(b);
-                return 0;
-        }
-        r = blob_head(b, &call, err);
-        if (r < 0) {
-                errmsg_prefix(err, r, "blob %s/%s@%s", b->domain, b->repo, b->digest);
-                goto fail;
-        }
-        if (opts && opts->expect_size && b->size != opts->expect_size) {
-                r = errmsg_set(err, -EBADMSG, "blob %s/%s@%s: the registry says %" PRIu64 " bytes, the manifest %" PRIu64,
-                               b->domain, b->repo, b->digest, b->size, opts->expect_size);
-                goto fail;
+        else {
+                r = blob_open_head(b, &call, opts, err);
+                if (r < 0)
+                        goto fail;
         }
         stat_add(c, ST_BLOBS, 1);
         *ret = TAKE_PTR(b);
@@ -959,7 +1040,19 @@ static void blob_note_error(FetchBlob *b, int r, const ErrMsg *e) {
         pthread_mutex_unlock(&b->mutex);
 }
 
-ssize_t fetch_blob_read(FetchBlob *b, void *buf, size_t len, uint64_t off, ErrMsg *err) {
+/* The whole blob, which we can check. */
+static int blob_check_whole(const FetchBlob *b, const void *data, size_t n, ErrMsg *err) {
+        uint8_t d[SHA256_LEN];
+        char got[DIGEST_STRING_LEN + 1];
+        sha256_buf(n ? data : "", n, d);
+        digest_format(d, got);
+        if (strcmp(got, b->digest) != 0)
+                return errmsg_set(err, -EBADMSG, "blob %s: the registry sent bytes with digest %s", b->digest, got);
+        return 0;
+}
+
+/* fetch_blob_read() within a deadline. */
+static ssize_t blob_read(FetchBlob *b, void *buf, size_t len, uint64_t off, uint64_t deadline_ns, ErrMsg *err) {
         FetchClient *c = b->c;
         stat_add(c, ST_READS, 1);
         if (off >= b->size || len == 0)
@@ -969,17 +1062,9 @@ ssize_t fetch_blob_read(FetchBlob *b, void *buf, size_t len, uint64_t off, ErrMs
                 n = SSIZE_MAX;
         ErrMsg local = {};
         ErrMsg *e = err ? err : &local;
-        uint64_t deadline = http_now_ns() + c->cfg.timeout_ms * 1000000ull;
-        int r = blob_get(b, off, n, buf, deadline, e);
-        if (r >= 0 && off == 0 && n == b->size) {
-                /* the whole blob: we can check it */
-                uint8_t d[SHA256_LEN];
-                char got[DIGEST_STRING_LEN + 1];
-                sha256_buf(buf, n, d);
-                digest_format(d, got);
-                if (strcmp(got, b->digest) != 0)
-                        r = errmsg_set(e, -EBADMSG, "blob %s: the registry sent bytes with digest %s", b->digest, got);
-        }
+        int r = blob_get(b, off, n, buf, deadline_ns, e);
+        if (r >= 0 && off == 0 && n == b->size)
+                r = blob_check_whole(b, buf, n, e);
         if (r < 0) {
                 errmsg_prefix(e, r, "reading %s/%s@%s at %" PRIu64 "+%" PRIu64, b->domain, b->repo, b->digest, off, n);
                 blob_note_error(b, r, e);
@@ -989,8 +1074,120 @@ ssize_t fetch_blob_read(FetchBlob *b, void *buf, size_t len, uint64_t off, ErrMs
         return (ssize_t) n;
 }
 
+ssize_t fetch_blob_read(FetchBlob *b, void *buf, size_t len, uint64_t off, ErrMsg *err) {
+        return blob_read(b, buf, len, off, http_now_ns() + b->c->cfg.timeout_ms * 1000000ull, err);
+}
+
 ssize_t fetch_blob_read_at(void *userdata, void *buf, size_t len, uint64_t off) {
         return fetch_blob_read(userdata, buf, len, off, NULL);
+}
+
+/* ---- open with the tail ---- */
+
+/* The largest whole blob a server that ignores a suffix range may send
+ * us: MAX(4 * the tail, this). */
+#define TAIL_WHOLE_MIN (1u << 20)
+
+/* The suffix GET of fetch_blob_open_tail(): sets the blob's size, the
+ * endpoint that answered and the blob-store URL a redirect led to (as
+ * blob_get() does), and returns the bytes put into buf. -EFBIG (a whole
+ * 200 too large to take) and -ERANGE (416: an empty blob, or a server
+ * that refuses suffix ranges) tell the caller to try the HEAD way. */
+static ssize_t blob_get_tail(FetchBlob *b, Call *call, void *buf, size_t len, uint64_t expect_size) {
+        FetchClient *c = b->c;
+        ErrMsg *err = call->err;
+        _cleanup_free_ char *suffix = NULL, *final = NULL;
+        if (asprintf(&suffix, "blobs/%s", b->digest) < 0)
+                return -ENOMEM;
+        HttpRequest req = {
+                .method = HTTP_GET,
+                .kind = HTTP_KIND_BLOB_GET,
+                .range = true,
+                .range_suffix = true,
+                .range_len = len,
+                .dest = buf,
+                .body_max = len > SIZE_MAX / 4 ? SIZE_MAX : MAX(4 * len, (size_t) TAIL_WHOLE_MIN),
+        };
+        size_t used = 0;
+        stat_add(c, ST_RANGE_REQUESTS, 1);
+        int r = call_endpoints(call, FETCH_CAP_PULL, SIZE_MAX, suffix, &req, &final, &used);
+        uint64_t total = req.range_total >= 0 ? (uint64_t) req.range_total : 0;
+        size_t n = (size_t) MIN((uint64_t) len, total);
+        if (r >= 0 && req.range_total < 0)
+                r = errmsg_set(err, -EIO, "the registry does not say how large blob %s is", b->digest);
+        else if (r >= 0 && req.docker_digest && strncmp(req.docker_digest, "sha256:", 7) == 0 &&
+                 strcmp(req.docker_digest, b->digest) != 0)
+                r = errmsg_set(err, -EBADMSG, "the registry says blob %s has digest %.80s", b->digest,
+                               req.docker_digest);
+        else if (r >= 0 && expect_size && total != expect_size)
+                r = errmsg_set(err, -EBADMSG, "the registry says %" PRIu64 " bytes, the manifest %" PRIu64, total,
+                               expect_size);
+        else if (r >= 0 && req.status == 200) {
+                /* a server that ignored the Range: the whole blob (body_max
+                 * at most), the tail cut out of it */
+                r = blob_check_whole(b, req.body.data, req.body.len, err);
+                if (r >= 0 && n > 0)
+                        memcpy(buf, req.body.data + (total - n), n);
+        } else if (r >= 0 && n == total)
+                r = blob_check_whole(b, buf, n, err); /* the tail is the whole blob */
+        http_request_reset(&req);
+        if (r < 0)
+                return r;
+        b->size = total;
+        b->endpoint = used;
+        if (final) {
+                b->redirect_url = TAKE_PTR(final);
+                b->redirect_expires_ns = http_now_ns() + c->cfg.redirect_ttl_ms * 1000000ull;
+        }
+        return (ssize_t) n;
+}
+
+ssize_t fetch_blob_open_tail(FetchClient *c, const char *layer_ref, const FetchBlobOptions *opts, void *buf,
+                             size_t len, FetchBlob **ret, ErrMsg *err) {
+        _cleanup_(fetch_blob_freep) FetchBlob *b = NULL;
+        ssize_t n;
+        if ((opts && opts->known_size) || len == 0) {
+                /* the size is known (or nothing to read): the tail is a plain range */
+                int r = fetch_blob_open_ref(c, layer_ref, opts, &b, err);
+                if (r < 0)
+                        return r;
+                uint64_t k = MIN(b->size, (uint64_t) len);
+                n = fetch_blob_read(b, buf, (size_t) k, b->size - k, err);
+                if (n < 0)
+                        return n;
+                *ret = TAKE_PTR(b);
+                return n;
+        }
+
+        Call call;
+        int r = blob_new(c, layer_ref, opts, &b, &call, err);
+        if (r < 0) {
+                stat_add(c, ST_ERRORS, 1);
+                return r;
+        }
+        n = blob_get_tail(b, &call, buf, len, opts ? opts->expect_size : 0);
+        if (n == -EFBIG || n == -ERANGE) {
+                /* a server that sends blobs whole, or refuses suffix
+                 * ranges: the size from a HEAD, then a plain range */
+                r = blob_open_head(b, &call, opts, err);
+                if (r < 0) {
+                        stat_add(c, ST_ERRORS, 1);
+                        return r;
+                }
+                uint64_t k = MIN(b->size, (uint64_t) len);
+                n = blob_read(b, buf, (size_t) k, b->size - k, call.deadline_ns, err);
+                if (n < 0)
+                        return n;
+        } else if (n < 0) {
+                stat_add(c, ST_ERRORS, 1);
+                return errmsg_prefix(err, (int) n, "blob %s/%s@%s", b->domain, b->repo, b->digest);
+        } else {
+                stat_add(c, ST_READS, 1);
+                stat_add(c, ST_READ_BYTES, (uint64_t) n);
+        }
+        stat_add(c, ST_BLOBS, 1);
+        *ret = TAKE_PTR(b);
+        return n;
 }
 
 /* ---- several ranges ---- */

@@ -6,6 +6,8 @@
  *   FetchBlob *b;    fetch_blob_open(c, img->host_repo, img->layers[0].digest,
  *                                    &(FetchBlobOptions) { .expect_size = img->layers[0].size }, &b, &err);
  *   fetch_blob_read(b, buf, len, off, &err);   // exactly [off, off+len), or -errno
+ *   fetch_blob_open_tail(c, "127.0.0.1:5000/app@sha256:...", NULL, tail, 65536, &b, &err);
+ *                                              // open + the last 64 KiB, one GET
  *
  * Endpoints come from containerd's hosts directory (hosts.h), credentials
  * from the Docker config (auth.h); HTTP runs on the client's one fetch
@@ -91,6 +93,19 @@ int fetch_blob_open(FetchClient *c, const char *host_repo, const char *digest, c
 /* As fetch_blob_open(), from a layer reference "DOMAIN/REPO@sha256:HEX". */
 int fetch_blob_open_ref(FetchClient *c, const char *layer_ref, const FetchBlobOptions *opts, FetchBlob **ret,
                         ErrMsg *err);
+
+/* As fetch_blob_open_ref(), and reads the blob's last MIN(len, size)
+ * bytes into buf (an eStargz footer and TOC are there): returns that
+ * count, or -errno. One request when the registry allows: a suffix range
+ * GET ("Range: bytes=-len") whose 206 Content-Range gives the size,
+ * checked strictly (it must end the blob and name its size); a 200 with
+ * the whole blob is taken when it is at most MAX(4 * len, 1 MiB) (the
+ * size is its length, and it is checked against the digest), a larger
+ * one is given up at once and the blob is opened the HEAD way. A tail
+ * that is the whole blob is checked against the digest too. With
+ * known_size, no request opens the blob and the tail is a plain range. */
+ssize_t fetch_blob_open_tail(FetchClient *c, const char *layer_ref, const FetchBlobOptions *opts, void *buf,
+                             size_t len, FetchBlob **ret, ErrMsg *err);
 FetchBlob *fetch_blob_free(FetchBlob *b);
 
 uint64_t fetch_blob_size(const FetchBlob *b);
@@ -143,6 +158,7 @@ typedef struct FetchStats {
         uint64_t auth_challenges;     /* 401s answered */
         uint64_t tokens_fetched;
         uint64_t endpoint_fallbacks;  /* requests that moved on to the next endpoint */
+        uint64_t scheme_fallbacks;    /* requests tried again over the endpoint's other scheme (http <-> https) */
         uint64_t errors;              /* calls that failed */
 } FetchStats;
 

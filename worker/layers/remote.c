@@ -94,12 +94,24 @@ static ssize_t remote_read_at(void *userdata, void *buf, size_t len, uint64_t of
                 memcpy(buf, ls->tail + (off - ls->tail_off), len);
                 return (ssize_t) len;
         }
-        return ls->blob ? fetch_blob_read_at(ls->blob, buf, len, off) : -EIO;
+        if (!ls->blob)
+                return -EIO;
+        if (ls->tail && off < ls->tail_off && off + len > ls->tail_off && off + len <= ls->tail_off + ls->tail_len) {
+                /* a TOC larger than the tail read: only its start is fetched */
+                size_t head = (size_t) (ls->tail_off - off);
+                ssize_t got = fetch_blob_read_at(ls->blob, buf, head, off);
+                if (got < 0 || (size_t) got != head)
+                        return got < 0 ? got : -EIO;
+                memcpy((uint8_t *) buf + head, ls->tail, len - head);
+                return (ssize_t) len;
+        }
+        return fetch_blob_read_at(ls->blob, buf, len, off);
 }
 
 /* Splits source into the layer reference (owned) and what follows '#':
  * "toc=sha256:HEX" (the TOC digest to expect) and "size=N" (the blob's
- * size from the manifest: no HEAD), joined by '&'. */
+ * size from the manifest; without it the registry's answer to the tail
+ * read tells it), joined by '&'. */
 static int parse_source(const char *source, char **ret_ref, uint8_t toc[SHA256_LEN], bool *ret_has_toc,
                         uint64_t *ret_size, uint8_t blob_digest[SHA256_LEN], ErrMsg *err) {
         const char *hash = strchr(source, '#');
@@ -139,19 +151,21 @@ static int parse_source(const char *source, char **ret_ref, uint8_t toc[SHA256_L
  * for the many small layers. */
 #define TAIL_READ (64u << 10)
 
-static int read_tail(LayerSource *ls, ErrMsg *err) {
-        uint64_t size = fetch_blob_size(ls->blob);
-        size_t n = (size_t) MIN(size, (uint64_t) TAIL_READ);
-        ls->tail = malloc(MAX(n, (size_t) 1));
+/* Opens the blob and reads its tail, in one request either way: a plain
+ * range when the size is known (size=, or our record), else a suffix
+ * range whose answer tells the size too (containerd gives no size; a
+ * HEAD first would cost a round trip). */
+static int read_tail(LayerSource *ls, FetchClient *fc, const char *ref, const FetchBlobOptions *o, ErrMsg *err) {
+        ls->tail = malloc(TAIL_READ);
         if (!ls->tail)
                 return -ENOMEM;
-        ssize_t got = fetch_blob_read(ls->blob, ls->tail, n, size - n, err);
-        if (got < 0 || (size_t) got != n) {
+        ssize_t got = fetch_blob_open_tail(fc, ref, o, ls->tail, TAIL_READ, &ls->blob, err);
+        if (got < 0) {
                 free(TAKE_PTR(ls->tail));
-                return got < 0 ? (int) got : -EIO;
+                return (int) got;
         }
-        ls->tail_off = size - n;
-        ls->tail_len = n;
+        ls->tail_len = (size_t) got;
+        ls->tail_off = fetch_blob_size(ls->blob) - ls->tail_len;
         return 0;
 }
 
@@ -199,9 +213,7 @@ int layer_remote_open(const char *source, LayerEnv *env, bool stored_only, bool 
                         goto fail;
                 }
                 FetchBlobOptions o = { .expect_size = size, .known_size = size > 0 };
-                r = fetch_blob_open_ref(fc, ref, &o, &ls->blob, err);
-                if (r >= 0)
-                        r = read_tail(ls, err);
+                r = read_tail(ls, fc, ref, &o, err);
                 if (r < 0)
                         goto fail;
                 LayerOptions lo = { .expect_toc_digest = has_toc ? toc : NULL };
