@@ -320,6 +320,34 @@ def test_cached_files_are_read_with_passthrough(sups, layer, image, proxy):  # n
     assert got == layer.files[rel][0], "no passthrough after the takeover: %r" % (got,)
 
 
+def test_a_file_open_while_it_becomes_cached_opens_again(sups, layer, image, proxy):  # noqa: F811
+    """A file opened before it was in the cache (read through the worker)
+    and kept open, as a running program keeps its binary: once its bytes
+    are cached, more opens of it, also under the next worker, must not ask
+    for passthrough (the kernel fails an open whose I/O mode differs from
+    the inode's other opens with EIO: a container's second exec of its
+    shell did)."""
+    s = sups.start()
+    mp = s.mount(image.ref)
+    rel = next(r for r in sorted(layer.files) if r.startswith("d07/") and layer.files[r][1] > 1000)
+    path = os.path.join(mp, rel)
+    first = open(path, "rb")
+    try:
+        assert hashlib.sha256(first.read()).hexdigest() == layer.files[rel][0]   # now whole in the cache
+        for _ in range(3):
+            assert _sha(path) == layer.files[rel][0]
+        s.wait_standby()
+        s.kill_worker()
+        s.wait_served()
+        _drop_page_cache()
+        assert _sha(path) == layer.files[rel][0]
+        first.seek(0)
+        assert hashlib.sha256(first.read()).hexdigest() == layer.files[rel][0]
+    finally:
+        first.close()
+    assert _sha(path) == layer.files[rel][0]
+
+
 def test_background_fetch_brings_the_whole_layer(sups, layer, image, proxy, monkeypatch):  # noqa: F811
     """HOLDFAST_BACKGROUND_FETCH: after the mount, the whole layer arrives
     in the cache without a read; reading every file then fetches nothing."""

@@ -234,6 +234,22 @@ int inflight_backing_get_or_register(InflightTable *t, uint64_t mount_id, uint32
         return r;
 }
 
+int inflight_backing_mark_cached(InflightTable *t, uint64_t mount_id, uint32_t ino, uint32_t *ret_id) {
+        if (inflight_backing_get(t, mount_id, ino, ret_id) == 0)
+                return 0;
+        if (mount_id == 0 || mount_id > UINT32_MAX)
+                return -ERANGE;
+        pthread_mutex_lock(&t->lock);
+        int r = inflight_backing_get(t, mount_id, ino, ret_id);
+        if (r < 0) {
+                r = backing_put_locked(t, backing_key(mount_id, ino), INFLIGHT_BACKING_CACHED);
+                if (r >= 0)
+                        *ret_id = INFLIGHT_BACKING_CACHED;
+        }
+        pthread_mutex_unlock(&t->lock);
+        return r;
+}
+
 void inflight_backing_set_complete(InflightTable *t, uint32_t slot) {
         if (t && slot != INFLIGHT_NONE)
                 __atomic_or_fetch(&t->slots[slot].flags, INFLIGHT_BACKING_COMPLETE, __ATOMIC_RELEASE);

@@ -104,15 +104,28 @@ static inline void inflight_leave(InflightTable *t, uint32_t slot) {
                 __atomic_sub_fetch(&t->slots[slot].busy, 1, __ATOMIC_RELEASE);
 }
 
-/* The backing id recorded for (mount_id, ino): 0 with *ret_id, or
- * -ENOENT. Lock-free. */
+/* Recorded instead of a backing id for an inode opened without
+ * passthrough (its file was not whole in the cache then): the kernel
+ * fails with EIO an open whose I/O mode (passthrough or cached) differs
+ * from that of the inode's opens still open, so an inode opened one way
+ * on a connection is opened that way for as long as the connection
+ * lives, by every worker. Kernel backing ids are small. */
+#define INFLIGHT_BACKING_CACHED UINT32_MAX
+
+/* The backing id recorded for (mount_id, ino) (or
+ * INFLIGHT_BACKING_CACHED): 0 with *ret_id, or -ENOENT. Lock-free. */
 int inflight_backing_get(InflightTable *t, uint64_t mount_id, uint32_t ino, uint32_t *ret_id);
-/* Returns the id recorded for (mount_id, ino), or registers one with
- * register_fn(userdata) (which returns the new id or -errno) and records
- * it, under the table's lock so that two threads never register two.
+/* Returns the id recorded for (mount_id, ino) (maybe
+ * INFLIGHT_BACKING_CACHED), or registers one with register_fn(userdata)
+ * (which returns the new id or -errno) and records it, under the table's
+ * lock so that two threads never register two.
  * -ENOSPC when the table is full (then: no passthrough). */
 int inflight_backing_get_or_register(InflightTable *t, uint64_t mount_id, uint32_t ino,
                                      int (*register_fn)(void *userdata), void *userdata, uint32_t *ret_id);
+/* Records INFLIGHT_BACKING_CACHED for (mount_id, ino) unless something
+ * is recorded already: 0 with *ret_id, what is recorded now (a backing
+ * id another thread registered first, or the mark), or -ENOSPC, -ERANGE. */
+int inflight_backing_mark_cached(InflightTable *t, uint64_t mount_id, uint32_t ino, uint32_t *ret_id);
 static inline bool inflight_backing_complete(InflightTable *t, uint32_t slot) {
         return t && slot != INFLIGHT_NONE &&
                (__atomic_load_n(&t->slots[slot].flags, __ATOMIC_ACQUIRE) & INFLIGHT_BACKING_COMPLETE);

@@ -28,7 +28,10 @@ static int backing_register(void *userdata) {
 
 /* FUSE passthrough for r's inode when the connection negotiated it, the
  * file is whole in a local file (the chunk cache), and every backing id
- * of the connection is known (inflight.h: never two ids for one inode). */
+ * of the connection is known (inflight.h: never two ids for one inode).
+ * An inode opened once without passthrough on a connection never gets
+ * it there (INFLIGHT_BACKING_CACHED): the kernel refuses with EIO an open
+ * whose I/O mode differs from that of the inode's other opens. */
 static int passthrough_backing(FuseReq *r, uint32_t *ret_id) {
         FuseSession *s = r->session;
         const FuseLayerOps *ops = s->ops;
@@ -37,14 +40,22 @@ static int passthrough_backing(FuseReq *r, uint32_t *ret_id) {
                 return -EOPNOTSUPP;
         uint64_t ino = r->hdr->nodeid;
         if (inflight_backing_get(s->inflight, s->id, (uint32_t) ino, ret_id) == 0)
-                return 0;
+                return *ret_id == INFLIGHT_BACKING_CACHED ? -EOPNOTSUPP : 0;
         Backing b = { .s = s, .fd = -EBADF };
         int ret = ops->file_fd(ops->userdata, s->layer_handle, ino, &b.fd);
-        if (ret < 0)
+        if (ret < 0) {
+                /* opened cached from now on, unless a thread registered
+                 * an id meanwhile (then its file is whole: use it) */
+                if (inflight_backing_mark_cached(s->inflight, s->id, (uint32_t) ino, ret_id) == 0 &&
+                    *ret_id != INFLIGHT_BACKING_CACHED)
+                        return 0;
                 return ret;
+        }
         ret = inflight_backing_get_or_register(s->inflight, s->id, (uint32_t) ino, backing_register, &b, ret_id);
         /* the kernel holds the file now (or we do not use it) */
         close(b.fd);
+        if (ret >= 0 && *ret_id == INFLIGHT_BACKING_CACHED)
+                return -EOPNOTSUPP;
         if (ret < 0 && ret != -ENOSPC)
                 log_warn_ratelimited(ret, "mount %" PRIu64 ": no passthrough for inode %" PRIu64 ": %m", s->id, ino);
         return ret;
