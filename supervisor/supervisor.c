@@ -357,7 +357,11 @@ static void do_mount(Supervisor *s, CtlConn *c, const holdfast_CtlRequest *req) 
         sd_store_mount(m);
         sd_store_state(s);
         Worker *w = s->current;
-        if (w && (w->state == WORKER_STARTING || w->state == WORKER_SERVING))
+        /* A draining worker still takes mounts until its snapshotter's
+         * calls are answered (a remote Prepare waits for this one); when
+         * it stops before it reads the record, the standby serves it. */
+        if (w && (w->state == WORKER_STARTING || w->state == WORKER_SERVING ||
+                  (w->state == WORKER_DRAINING && !w->drained)))
                 worker_send_mount(w, m);
         /* else the next start sequence carries it; the reply waits for it */
         if (holding(s->standby))

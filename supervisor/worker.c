@@ -506,6 +506,15 @@ static void on_sock(uv_poll_t *h, int status, _unused_ int events) {
  * woken on that CPU did. */
 static void on_pidfd(uv_poll_t *h, _unused_ int status, _unused_ int events) {
         Worker *w = h->data;
+        /* What it sent before it exited comes first (a MountStatus of a
+         * mount it served while draining, Drained): the loop may see the
+         * pidfd before the socket. Bounded: its socket buffer. */
+        for (int i = 0; i < 4096 && uv_is_active((uv_handle_t *) &w->sock_poll); i++) {
+                struct pollfd p = { .fd = w->sock, .events = POLLIN };
+                if (poll(&p, 1, 0) <= 0 || !(p.revents & (POLLIN | POLLHUP)))
+                        break;
+                on_sock(&w->sock_poll, 0, UV_READABLE);
+        }
         siginfo_t si = {};
         if (waitid((idtype_t) P_PIDFD, (id_t) w->pidfd, &si, WEXITED | WNOHANG | WNOWAIT) < 0) {
                 if (errno != ECHILD) {

@@ -52,9 +52,11 @@
  * client's own deadlines, this only guards against a supervisor that
  * never answers. */
 #define SNAP_MOUNT_TIMEOUT_MS 120000
-/* Drain: calls in flight get this long to finish (a remote Prepare whose
- * mount the next worker would answer cannot: it fails after this). */
-#define SNAP_DRAIN_MS 3000
+/* Drain: calls in flight get this long to finish. The mounts are served
+ * meanwhile and a remote Prepare's mount is still made by this worker
+ * (main-supervised.c), so only the upgrade waits: long enough for a
+ * registry that is slow to give a TOC. */
+#define SNAP_DRAIN_MS 10000
 #define WARM_MAX 4
 #define WARM_RECENT 64          /* digests warmed lately: not again */
 #define DIGEST_STR_MAX 71       /* "sha256:" + 64 hex */

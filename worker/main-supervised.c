@@ -18,8 +18,9 @@
  *      snapshotter starts serving (main-snapshotter.c)
  *   <- MountRecord (new mount) | Unmount | Drain, any number of times
  *   -> Drained after Drain (also during the hold; the snapshotter's calls
- *      in flight are answered first, while the mounts are still served),
- *      then exit 0
+ *      in flight are answered first, while the mounts are still served
+ *      and MountRecords and Unmounts still taken: a remote Prepare in
+ *      flight waits for its mount), then exit 0
  *
  * Anything undecodable, unexpected or out of range from the supervisor is
  * logged and ends the worker with status 1: the supervisor then replaces
@@ -30,11 +31,13 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <poll.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -746,48 +749,99 @@ static int startup(Supervised *w, holdfast_Envelope *e, const WorkerArgs *args) 
         return r;
 }
 
-static int serve_loop(Supervised *w, holdfast_Envelope *e) {
-        for (;;) {
-                int fd = -EBADF;
-                int r = recv_env(w, e, &fd);
-                if (r < 0)
+/* One message while serving: 0 to go on, 1 for Drain, or < 0 (a
+ * protocol error: the worker exits). */
+static int serve_one(Supervised *w, holdfast_Envelope *e) {
+        int fd = -EBADF;
+        int r = recv_env(w, e, &fd);
+        if (r < 0)
+                return r;
+        switch (e->which_msg) {
+        case holdfast_Envelope_mount_tag:
+                if (e->msg.mount.initialized)
+                        return unexpected(e, "MountRecord{initialized=false}", fd);
+                r = check_record(&e->msg.mount, fd);
+                if (r < 0) {
+                        if (fd >= 0)
+                                close(fd);
                         return r;
-                switch (e->which_msg) {
-                case holdfast_Envelope_mount_tag:
-                        if (e->msg.mount.initialized)
-                                return unexpected(e, "MountRecord{initialized=false}", fd);
-                        r = check_record(&e->msg.mount, fd);
-                        if (r < 0) {
-                                if (fd >= 0)
-                                        close(fd);
-                                return r;
-                        }
-                        r = mount_new_async(w, &e->msg.mount, fd);
-                        if (r < 0)
-                                return r;
-                        break;
-                case holdfast_Envelope_unmount_tag:
-                        if (fd >= 0)
-                                return unexpected(e, "Unmount without an fd", fd);
-                        if (mount_opening_cancel(w, e->msg.unmount.id))
-                                break;
-                        if (fuse_server_remove(w->srv, e->msg.unmount.id) < 0)
-                                log_warn("Unmount of mount %" PRIu64 ", which is not served", e->msg.unmount.id);
-                        else
-                                log_info("mount %" PRIu64 ": stopped serving", e->msg.unmount.id);
-                        break;
-                case holdfast_Envelope_drain_tag:
-                        if (fd >= 0)
-                                return unexpected(e, "Drain without an fd", fd);
-                        return 0;
-                default:
-                        return unexpected(e, "MountRecord, Unmount or Drain", fd);
                 }
+                r = mount_new_async(w, &e->msg.mount, fd);
+                return r < 0 ? r : 0;
+        case holdfast_Envelope_unmount_tag:
+                if (fd >= 0)
+                        return unexpected(e, "Unmount without an fd", fd);
+                if (mount_opening_cancel(w, e->msg.unmount.id))
+                        return 0;
+                if (fuse_server_remove(w->srv, e->msg.unmount.id) < 0)
+                        log_warn("Unmount of mount %" PRIu64 ", which is not served", e->msg.unmount.id);
+                else
+                        log_info("mount %" PRIu64 ": stopped serving", e->msg.unmount.id);
+                return 0;
+        case holdfast_Envelope_drain_tag:
+                if (fd >= 0)
+                        return unexpected(e, "Drain without an fd", fd);
+                return 1;
+        default:
+                return unexpected(e, "MountRecord, Unmount or Drain", fd);
         }
 }
 
+typedef struct SnapDrain {
+        SnapNode *snap;
+        int efd;                 /* written when the drain is over */
+} SnapDrain;
+
+static void *snap_drain_main(void *userdata) {
+        SnapDrain *d = userdata;
+        snap_node_drain(d->snap);
+        uint64_t one = 1;
+        ssize_t _unused_ n = write(d->efd, &one, sizeof(one));
+        return NULL;
+}
+
+/* Drain, first: containerd's calls in flight get their time
+ * (snap_node_drain) while this worker still serves FUSE and takes
+ * MountRecords and Unmounts, since a remote Prepare in flight waits for
+ * its layer's mount to be served, by us (the supervisor sends new mounts
+ * to a draining worker too, and to the standby, which gets the record
+ * again once we initialized it). A second Drain changes nothing. */
+static int drain_snapshotter(Supervised *w, holdfast_Envelope *e) {
+        if (!w->snap)
+                return 0;
+        SnapDrain d = { .snap = w->snap, .efd = eventfd(0, EFD_CLOEXEC) };
+        pthread_t t;
+        if (d.efd < 0 || pthread_create(&t, NULL, snap_drain_main, &d) != 0) {
+                closep(&d.efd);
+                snap_node_drain(w->snap); /* without taking mounts meanwhile */
+                return 0;
+        }
+        int r = 0;
+        for (;;) {
+                struct pollfd p[2] = { { .fd = d.efd, .events = POLLIN }, { .fd = w->sock, .events = POLLIN } };
+                if (poll(p, 2, -1) < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        r = -errno;
+                        break;
+                }
+                if (p[0].revents)
+                        break;
+                r = serve_one(w, e);
+                if (r < 0)
+                        break;
+        }
+        pthread_join(t, NULL);
+        close(d.efd);
+        return r < 0 ? r : 0;
+}
+
 static int serve(Supervised *w, holdfast_Envelope *e) {
-        int r = serve_loop(w, e);
+        int r;
+        while ((r = serve_one(w, e)) == 0)
+                ;
+        if (r > 0)
+                r = drain_snapshotter(w, e);
         /* nothing may be added to the server once it stops */
         mount_openers_wait(w);
         return r;
@@ -854,9 +908,9 @@ int worker_run_supervised(const WorkerArgs *args) {
          * is answered before the threads exit. Then say so and exit at
          * once: the next worker gets the mounts when our pidfd reports the
          * exit, so every millisecond here is a stall. Nothing is lost by
-         * not tearing down: each store write was synced to RocksDB's WAL
-         * before it returned, and the kernel drops the store's lock. */
-        snap_node_drain(w.snap);
+         * not tearing down: each store write is in RocksDB's WAL when it
+         * returns, and the kernel drops the store's lock. The snapshotter
+         * was drained in serve(). */
         fuse_server_stop(w.srv);
         memset(e, 0, sizeof(*e));
         e->which_msg = holdfast_Envelope_drained_tag;

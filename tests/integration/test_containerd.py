@@ -25,8 +25,10 @@ import os
 import random
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import pytest
@@ -387,3 +389,79 @@ def test_containerd_calls_right_after_a_worker_kill(node):
         node.ctr("snapshots", "--snapshotter", "holdfast", "ls", ns="lazy")
     print("calls right after a kill that raced its death: %d of 6" % len(raced))
     assert len(raced) <= 2, (raced, read_text(node.cd.log)[-2000:])
+
+
+def _esgz_image(node, repo, files_per_layer):
+    """An image of fresh eStargz layers (holdfastctl convert), pushed with
+    their TOC digest annotations; returns its reference and the files."""
+    layers, diff_ids, expect = [], [], {}
+    for i, files in enumerate(files_per_layer):
+        dirs = set()
+        for p in files:
+            while os.path.dirname(p):
+                p = os.path.dirname(p)
+                dirs.add(p)
+        members = [(d, "dir", 0o755) for d in sorted(dirs)]
+        members += [(p, "file", data, 0o755 if p == "bin/busybox" else 0o644) for p, data in files.items()]
+        if "bin/busybox" in files:
+            members += [("bin/" + a, "link", "busybox") for a in APPLETS]
+        src = os.path.join(node.base, "%s-%d.tar.gz" % (repo.replace("/", "-"), i))
+        with open(src, "wb") as f:
+            f.write(tar_gz(members))
+        blob = src + ".esgz"
+        p = subprocess.run([su.holdfastctl_path(), "convert", "--json", src, blob], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, check=True)
+        info = json.loads(p.stdout)
+        with open(blob, "rb") as f:
+            layers.append(registryutil.Layer(f.read(), annotations={registryutil.TOC_DIGEST_ANNOTATION:
+                                                                     info["toc_digest"]}, diff_id=info["diff_id"]))
+        diff_ids.append(info["diff_id"])
+        expect.update(files)
+    config = {"architecture": "amd64", "os": "linux", "config": {"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"]},
+              "rootfs": {"type": "layers", "diff_ids": diff_ids},
+              "history": [{"created_by": "holdfast tests"} for _ in layers]}
+    out = registryutil.push_image(node.registry, repo, "v1", layers, config=config)
+    return "%s/%s:v1" % (node.proxy.host, repo), [l["digest"] for l in out["layers"]], expect
+
+
+def test_upgrade_while_a_prepare_waits_for_its_layer(node):
+    """An upgrade while containerd's Prepare of a layer waits for that
+    layer's TOC (the registry stalls it): the draining worker still gets
+    the mount served before it goes, the pull succeeds, every layer is
+    lazy and reads the right bytes."""
+    with open(BUSYBOX, "rb") as f:
+        bb = f.read()
+    rnd = random.Random(11)
+    files = [{"bin/busybox": bb, "etc/upg": b"layer one\n"},
+             {"data/upg/f%d" % i: rnd.randbytes(1000 + i) for i in range(20)}]
+    ref, digests, expect = _esgz_image(node, "holdfast/upgrade-prepare", files)
+    stalled = digests[1].split(":")[1]
+    node.proxy.set_faults({"kind": "stall", "seconds": 2.5, "path": stalled, "range_only": True, "count": 1})
+    result = {}
+
+    def pull():
+        try:
+            result["pull"] = node.rpull(ref, ns="upgrade-prepare")
+        except Exception as e:  # reported below
+            result["error"] = e
+
+    t = threading.Thread(target=pull, daemon=True)
+    try:
+        t.start()
+        deadline = time.monotonic() + 60
+        while not node.proxy.stats()["faults"].get("stall") and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert node.proxy.stats()["faults"].get("stall"), "the stalled layer was never asked for"
+        _, out, _ = node.sup.ctl("upgrade")
+        t.join(180)
+    finally:
+        node.proxy.clear_faults()
+    assert not t.is_alive(), "the pull hangs"
+    if "error" in result:
+        pytest.fail("the pull failed: %s\n--- supervisor and worker log (tail):\n%s" % (result["error"],
+                                                                                        node.sup.log()[-4000:]))
+    lazy = [m for m in node.lazy_mounts() if any(d.split(":")[1] in m["source"] for d in digests)]
+    assert len(lazy) == 2 and all(m["served"] for m in lazy), (lazy, node.sup.log()[-3000:])
+    got = node.run("upgrade-prepare", ref, "upg", "sh", "-c", "cat /etc/upg; cat /data/upg/* | sha256sum")
+    want = hashlib.sha256(b"".join(expect["data/upg/f%d" % i] for i in sorted(range(20), key=lambda i: "f%d" % i)))
+    assert got.split() == ["layer", "one", want.hexdigest(), "-"], got
