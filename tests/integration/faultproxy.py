@@ -84,9 +84,10 @@ Stats (stats()): "requests" by kind (manifest, blob_get, range_get, head,
 token, blobstore, other), "bytes_sent" (response bodies), "ranges" (a
 {"path", "range"} per request with a Range header), "faults" (how often
 each kind was applied) and "log" (the last 10000 [method, path, status,
-t_start, t_end]; status None when the connection was reset or broke;
-the times are this process's time.monotonic() when the request came and
-when its answer was sent, t_end None until then or when it broke).
+t_start, t_end, range]; status None when the connection was reset or
+broke; the times are this process's time.monotonic() when the request
+came and when its answer was sent, t_end None until then or when it
+broke; range the Range header, "" without one).
 """
 
 import argparse
@@ -320,7 +321,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         fault = None
         # method, path, status, then the monotonic clock (s) when the
         # request came and when its answer was sent
-        self._log_entry = [self.command, self.path, None, time.monotonic(), None]
+        self._log_entry = [self.command, self.path, None, time.monotonic(), None, range_header]
         with proxy.lock:
             st = proxy._stats
             st.requests[kind] = st.requests.get(kind, 0) + 1

@@ -25,6 +25,9 @@
  * containerd's pull waits for each layer's TOC, while the container that
  * reads what is prefetched starts only after the pull. */
 #define OPENS_FIRST_MS 1000
+/* Chunks between two prefetched ones less than this apart in the blob are
+ * fetched too: one request instead of two. */
+#define GAP_FILL (64u << 10)
 
 struct Prefetch {
         LayerSource *ls;         /* borrowed; outlives us */
@@ -152,17 +155,40 @@ int prefetch_start(LayerSource *ls, LayerEnv *env, Prefetch **ret) {
         /* every chunk that is missing, in blob order: those before the
          * landmark and the start files' first, then (with the background
          * fetch) the rest, in blob order again */
-        for (int pass = 0; pass < (background ? 2 : 1); pass++) {
-                for (size_t pos = 0; pos < idx->n_chunks; pos++) {
-                        uint32_t c = ls->blob_order[pos];
-                        bool first = idx->chunks[c].blob_end <= landmark || in_spans(start, n_start, c);
-                        if (first != (pass == 0) || cache_layer_chunk_present(ls->cache, c))
-                                continue;
-                        p->ids[p->n++] = c;
-                }
-                if (pass == 0)
-                        p->n_landmark = p->n;
+        bool *taken = calloc(MAX(idx->n_chunks, (size_t) 1), sizeof(*taken));
+        if (!taken) {
+                free(p->ids);
+                free(p);
+                return -ENOMEM;
         }
+        size_t prev = SIZE_MAX;
+        for (size_t pos = 0; pos < idx->n_chunks; pos++) {
+                uint32_t c = ls->blob_order[pos];
+                if (idx->chunks[c].blob_end > landmark && !in_spans(start, n_start, c))
+                        continue;
+                if (!cache_layer_chunk_present(ls->cache, c)) {
+                        /* a start file just past the landmark: the few
+                         * chunks in between come along, one request
+                         * instead of two */
+                        if (prev != SIZE_MAX && pos > prev + 1 &&
+                            idx->chunks[c].blob_offset - idx->chunks[ls->blob_order[prev]].blob_end <= GAP_FILL)
+                                for (size_t q = prev + 1; q < pos; q++)
+                                        if (!cache_layer_chunk_present(ls->cache, ls->blob_order[q])) {
+                                                p->ids[p->n++] = ls->blob_order[q];
+                                                taken[ls->blob_order[q]] = true;
+                                        }
+                        p->ids[p->n++] = c;
+                        taken[c] = true;
+                }
+                prev = pos;
+        }
+        p->n_landmark = p->n;
+        for (size_t pos = 0; background && pos < idx->n_chunks; pos++) {
+                uint32_t c = ls->blob_order[pos];
+                if (!taken[c] && !cache_layer_chunk_present(ls->cache, c))
+                        p->ids[p->n++] = c;
+        }
+        free(taken);
         if (p->n == 0) {
                 free(p->ids);
                 free(p);
