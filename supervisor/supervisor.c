@@ -16,6 +16,9 @@
 #include "supervisor/supervisor.h"
 
 #include <stdarg.h>
+#include <stddef.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 
 #include "common/ipc/msg.h"
 #include "supervisor/fuse-mount.h"
@@ -328,6 +331,13 @@ static void do_status(Supervisor *s, CtlConn *c) {
                             : s->current ? worker_state_to_string(s->current->state)
                                          : "restarting";
         snprintf(reply.message, sizeof(reply.message), "worker %s%s", state, s->upgrading ? ", upgrading" : "");
+        /* the socket's own name: right also for one from the fdstore */
+        struct sockaddr_un sa = {};
+        socklen_t len = sizeof(sa);
+        if (s->snap_fd >= 0 && getsockname(s->snap_fd, (struct sockaddr *) &sa, &len) == 0 && sa.sun_family == AF_UNIX &&
+            len > offsetof(struct sockaddr_un, sun_path) && sa.sun_path[0])
+                snprintf(reply.snapshotter, sizeof(reply.snapshotter), "%.*s",
+                         (int) MIN(len - offsetof(struct sockaddr_un, sun_path), sizeof(sa.sun_path)), sa.sun_path);
         ctl_conn_reply(c, &reply);
 }
 

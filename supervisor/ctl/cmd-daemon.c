@@ -120,6 +120,8 @@ static int print_status_json(const DaemonReply *d) {
         json_int(g, "restarts", r->restarts);
         json_int(g, "uptime_ms", r->uptime_ms);
         json_int(g, "last_stall_us", r->stall_us);
+        json_str(g, "snapshotter_socket");
+        json_str(g, r->snapshotter);
         json_str(g, "state");
         json_str(g, r->message);
         json_str(g, "mounts");
@@ -194,6 +196,8 @@ int cmd_status(int argc, char **argv) {
                        d.reply.generation, d.reply.restarts);
                 printf("last stall: %.1f ms\n", (double) d.reply.stall_us / 1000.0);
                 printf("mounts:     %zu (%zu served)\n", d.n_mounts, served);
+                printf("containerd: %s\n", d.reply.snapshotter[0] ? d.reply.snapshotter
+                                                                 : "no snapshotter socket (--no-snapshotter)");
         }
         daemon_reply_done(&d);
         return r;
@@ -207,12 +211,13 @@ void help_status(void) {
 "standby worker's pid (it takes over the moment the worker exits), how many\n"
 "workers were started (generation) and how many died unasked (restarts),\n"
 "the last stall (how long the mounts were not served during the last\n"
-"restart or upgrade) and the mounts.\n"
+"restart or upgrade), containerd's snapshotter socket and the mounts.\n"
 "\n"
 "Options:\n"
 "  --json    one JSON object: supervisor_pid, worker_pid (0: none),\n"
 "            standby_pid (0: none), standby_warm (its layers are open),\n"
-"            generation, restarts, uptime_ms, last_stall_us, state, mounts\n"
+"            generation, restarts, uptime_ms, last_stall_us, state,\n"
+"            snapshotter_socket (\"\": none), mounts\n"
 "            (a list of {id, mountpoint, source, served})\n"
 DAEMON_NOTES);
 }

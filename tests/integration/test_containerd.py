@@ -285,9 +285,17 @@ def test_container_reads_through_kills_upgrade_and_containerd_restart(node):
 def test_supervisor_reexec_keeps_snapshots_and_socket(node):
     node.rpull(node.refs["esgz"], ns="lazy")
     before = sorted(m["mountpoint"] for m in node.lazy_mounts())
+    snap_sock = os.path.join(node.base, "snap.sock")
+    _, out, _ = node.sup.ctl("status", "--json")
+    assert json.loads(out)["snapshotter_socket"] == snap_sock
     node.sup.ctl("upgrade", "--supervisor")
     node.sup.wait_served()
     assert sorted(m["mountpoint"] for m in node.lazy_mounts()) == before
+    # the socket carried across the re-exec is still named in status
+    _, out, _ = node.sup.ctl("status", "--json")
+    assert json.loads(out)["snapshotter_socket"] == snap_sock
+    _, out, _ = node.sup.ctl("status")
+    assert "containerd: " + snap_sock in out, out
     assert node.run("lazy", node.refs["esgz"], "after-reexec", "cat", "/etc/hello") == "hello from holdfast\n"
 
 
