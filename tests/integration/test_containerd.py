@@ -473,3 +473,32 @@ def test_upgrade_while_a_prepare_waits_for_its_layer(node):
     got = node.run("upgrade-prepare", ref, "upg", "sh", "-c", "cat /etc/upg; cat /data/upg/* | sha256sum")
     want = hashlib.sha256(b"".join(expect["data/upg/f%d" % i] for i in sorted(range(20), key=lambda i: "f%d" % i)))
     assert got.split() == ["layer", "one", want.hexdigest(), "-"], got
+
+
+def test_first_prepare_opens_the_other_layers_ahead(node):
+    """The first Prepare of an image starts opening the layers its labels
+    name after it (stargz.layers): their TOCs are fetched while it still
+    waits for its own (stalled here), so their own Prepares find them
+    open."""
+    with open(BUSYBOX, "rb") as f:
+        bb = f.read()
+    files = [{"bin/busybox": bb, "etc/ahead": b"bottom\n"}, {"srv/a/one": b"one\n" * 100},
+             {"srv/b/two": b"two\n" * 200}]
+    ref, digests, _ = _esgz_image(node, "holdfast/warm-ahead", files)
+    hexes = [d.split(":")[1] for d in digests]
+    node.proxy.stats(reset=True)
+    node.proxy.set_faults({"kind": "stall", "seconds": 1.5, "path": hexes[0], "range_only": True, "count": 1})
+    try:
+        node.rpull(ref, ns="warm-ahead")
+    finally:
+        node.proxy.clear_faults()
+    log = node.proxy.stats()["log"]
+    first = {h: min((e for e in log if h in e[1] and e[0] == "GET"), key=lambda e: e[3]) for h in hexes}
+    stalled_end = first[hexes[0]][4]
+    for h in hexes[1:]:
+        assert first[h][3] < stalled_end - 0.5, ("layer %s was not opened ahead" % h, first, stalled_end)
+    lazy = [m for m in node.lazy_mounts() if any(h in m["source"] for h in hexes)]
+    assert len(lazy) == 3 and all(m["served"] for m in lazy), lazy
+    out = node.run("warm-ahead", ref, "ahead", "sh", "-c", "cat /etc/ahead /srv/a/one /srv/b/two | sha256sum")
+    want = hashlib.sha256(b"bottom\n" + b"one\n" * 100 + b"two\n" * 200).hexdigest()
+    assert out.split()[0] == want, out
