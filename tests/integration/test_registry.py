@@ -422,6 +422,9 @@ def test_start_files_are_prefetched(sups, proxy, workdir, prefetch):
     mp = s.mount(ref)
     settled = _quiet_ranges(proxy)
     fetched = _range_bytes(proxy.stats())
+    # the tail (footer and TOC), then one request: the start files lie
+    # just past the landmark, and what is in between comes along
+    assert settled == 2, proxy.stats()["ranges"]
     for rel in ("etc/passwd", "etc/group"):
         with open(os.path.join(mp, rel), "rb") as f:
             assert f.read() == files[rel], rel
@@ -481,3 +484,35 @@ def test_prefetch_lets_layer_opens_go_first(sups, image, proxy, workdir):
     assert any(t0 >= slow_toc_end - 0.05 for t0 in image_gets), "no prefetch at all"
     with open(os.path.join(mp, "d00/f000"), "rb") as f:
         f.read()
+
+
+def test_a_toc_larger_than_the_tail_read_fetches_only_its_start(sups, proxy, workdir):
+    """A layer whose compressed TOC is larger than the 64 KiB read with the
+    footer: the second request asks only for the TOC's bytes before the
+    tail, and the layer reads right."""
+    rng = random.Random(5)
+    src = os.path.join(workdir, "big-toc")
+    names = ["%s-%d" % (rng.randbytes(24).hex(), i) for i in range(3000)]
+    for n in names:
+        os.makedirs(os.path.join(src, n[:2]), exist_ok=True)
+        with open(os.path.join(src, n[:2], n), "wb") as f:
+            f.write(n.encode())
+    tar = src + ".tar"
+    subprocess.run(["tar", "--numeric-owner", "--sort=name", "-C", src, "-cf", tar, "."], check=True)
+    blob = src + ".esgz"
+    p = subprocess.run([su.holdfastctl_path(), "convert", "--json", tar, blob], stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, check=True)
+    info = json.loads(p.stdout)
+    with open(blob, "rb") as f:
+        data = f.read()
+    out = ru.push_image(proxy.url, "bigtoc", "v1", [ru.Layer(data, diff_id=info["diff_id"])])
+    s = sups.start(["--no-standby"])
+    proxy.stats(reset=True)
+    mp = s.mount("%s/bigtoc@%s#toc=%s" % (proxy.host, out["layers"][0]["digest"], info["toc_digest"]))
+    ranges = [r["range"] for r in proxy.stats()["ranges"]]
+    assert ranges[0] == "bytes=-65536", ranges
+    first, last = (int(x) for x in ranges[1].split("=")[1].split("-"))
+    assert last == len(data) - 65536 - 1 and first < last, (ranges, len(data))
+    for n in names[::97]:
+        with open(os.path.join(mp, n[:2], n), "rb") as f:
+            assert f.read() == n.encode(), n

@@ -42,7 +42,8 @@ typedef struct LayerEnv {
         uint64_t background_bytes_per_s; /* its budget; 0: none */
         pthread_mutex_t lock;
         FetchClient *fetch;      /* owned; made on the first registry layer; protected by lock */
-        unsigned opening;        /* layer opens in flight; protected by lock */
+        pthread_mutex_t opens_lock; /* not lock: that one is held while the client is made */
+        unsigned opening;        /* layer opens in flight; protected by opens_lock */
         pthread_cond_t opened;   /* opening went down */
 } LayerEnv;
 

@@ -24,6 +24,7 @@
 void layer_env_init(LayerEnv *env, MetaStore **store, Cache *cache) {
         *env = (LayerEnv) { .store = store, .cache = cache, .prefetch = true };
         pthread_mutex_init(&env->lock, NULL);
+        pthread_mutex_init(&env->opens_lock, NULL);
         pthread_condattr_t ca;
         pthread_condattr_init(&ca);
         pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
@@ -34,24 +35,25 @@ void layer_env_init(LayerEnv *env, MetaStore **store, Cache *cache) {
 void layer_env_done(LayerEnv *env) {
         env->fetch = fetch_client_free(env->fetch);
         pthread_cond_destroy(&env->opened);
+        pthread_mutex_destroy(&env->opens_lock);
         pthread_mutex_destroy(&env->lock);
 }
 
 void layer_env_open_begin(LayerEnv *env) {
-        pthread_mutex_lock(&env->lock);
+        pthread_mutex_lock(&env->opens_lock);
         env->opening++;
-        pthread_mutex_unlock(&env->lock);
+        pthread_mutex_unlock(&env->opens_lock);
 }
 
 void layer_env_open_end(LayerEnv *env) {
-        pthread_mutex_lock(&env->lock);
+        pthread_mutex_lock(&env->opens_lock);
         if (--env->opening == 0)
                 pthread_cond_broadcast(&env->opened);
-        pthread_mutex_unlock(&env->lock);
+        pthread_mutex_unlock(&env->opens_lock);
 }
 
 void layer_env_wait_opens(LayerEnv *env, uint64_t deadline_ns, const bool *stop) {
-        pthread_mutex_lock(&env->lock);
+        pthread_mutex_lock(&env->opens_lock);
         while (env->opening > 0 && !__atomic_load_n(stop, __ATOMIC_ACQUIRE)) {
                 struct timespec ts;
                 clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -61,9 +63,9 @@ void layer_env_wait_opens(LayerEnv *env, uint64_t deadline_ns, const bool *stop)
                 uint64_t until = MIN(deadline_ns, now + 10 * 1000000ull);
                 ts = (struct timespec) { .tv_sec = (time_t) (until / 1000000000ull),
                                          .tv_nsec = (long) (until % 1000000000ull) };
-                (void) pthread_cond_timedwait(&env->opened, &env->lock, &ts);
+                (void) pthread_cond_timedwait(&env->opened, &env->opens_lock, &ts);
         }
-        pthread_mutex_unlock(&env->lock);
+        pthread_mutex_unlock(&env->opens_lock);
 }
 
 static int env_fetch(LayerEnv *env, FetchClient **ret, ErrMsg *err) {
