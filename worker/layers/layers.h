@@ -72,6 +72,7 @@ typedef struct LayerSource {
         uint32_t *blob_pos;      /* owned; the inverse: a chunk's place in blob_order */
         uint64_t ra_end;         /* atomic: where the last fetch of a miss ended in the blob */
         uint64_t ra_span;        /* atomic: the neighbours' span it used */
+        bool ra_walking;         /* atomic: that miss's reader walks the blob */
         pthread_mutex_t fetch_lock;
         pthread_cond_t fetch_cond;   /* a fetch ended */
         uint8_t *fetching;       /* owned; per chunk: a thread fetches it now (with a
@@ -82,6 +83,8 @@ typedef struct LayerSource {
         bool ra_stop;            /* protected by fetch_lock */
         uint64_t ra_from, ra_want; /* written under fetch_lock (ra_from also read
                                   * atomically without it): the next span asked for */
+        unsigned ra_chain;       /* protected by fetch_lock: spans the readahead
+                                  * asked for itself since a reader last did */
         bool from_store;         /* the index came from the store */
         uint8_t *tail;           /* owned; the blob's end, only while opening */
         uint64_t tail_off;
