@@ -28,6 +28,10 @@ import pbwire
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BUILD = os.path.normpath(os.path.join(HERE, "..", "..", "build"))
+# run by hand against another build dir with only HOLDFAST_WORKER set:
+# the other tools come from that dir too, not silently from build/
+if os.environ.get("HOLDFAST_WORKER"):
+    BUILD = os.path.dirname(os.path.dirname(os.path.abspath(os.environ["HOLDFAST_WORKER"])))
 
 
 def tool(env, default):

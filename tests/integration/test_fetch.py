@@ -21,7 +21,8 @@ on 127.0.0.1, driven through tests/integration/fetch-probe:
     and a TLS one (Go's 400, or a close, reset or alert) found through the
     fall back to https.
 
-Run from the source tree (meson sets HOLDFAST_FETCH_PROBE):
+Run from the source tree (meson sets HOLDFAST_FETCH_PROBE; without it,
+the probe of HOLDFAST_WORKER's build dir, else of build/):
   HOLDFAST_FETCH_PROBE=build/tests/integration/fetch-probe \\
       /usr/bin/python3 -m pytest -q tests/integration/test_fetch.py
 """
@@ -45,9 +46,9 @@ sys.path.insert(0, HERE)
 
 import faultproxy as fp  # noqa: E402
 import registryutil as ru  # noqa: E402
+import supervisorutil as su  # noqa: E402
 
-PROBE = os.environ.get("HOLDFAST_FETCH_PROBE") or os.path.join(HERE, "..", "..", "build", "tests", "integration",
-                                                                "fetch-probe")
+PROBE = su.tool("HOLDFAST_FETCH_PROBE", "tests/integration/fetch-probe")
 REPO = "holdfast/fetch"
 
 plain = ru.registry_fixture()
