@@ -111,6 +111,10 @@ ssize_t layer_source_read(LayerSource *ls, ChunkDecoder *d, uint64_t ino, uint64
 /* Stops and joins the asynchronous readahead (before anything it reads
  * from goes away). */
 void layer_source_readahead_stop(LayerSource *ls);
+/* Has the readahead thread fetch the missing chunks from blob offset from
+ * on, back to back, within len bytes, while the caller goes on (an ask
+ * it has not started on yet is replaced by a newer one). */
+void layer_source_fetch_async(LayerSource *ls, uint64_t from, uint64_t len);
 
 /* Sorts the chunks by blob offset (blob_order, blob_pos), so that a miss
  * can bring along its neighbours in the blob, and sets up `fetching`, so

@@ -359,6 +359,11 @@ static void readahead_ask(LayerSource *ls, uint64_t from, uint64_t want) {
         pthread_mutex_unlock(&ls->fetch_lock);
 }
 
+void layer_source_fetch_async(LayerSource *ls, uint64_t from, uint64_t len) {
+        if (ls->fetching)
+                readahead_ask(ls, from, len);
+}
+
 static void readahead_maybe(LayerSource *ls, uint64_t ino, uint64_t last_byte) {
         uint64_t span = __atomic_load_n(&ls->ra_span, __ATOMIC_RELAXED);
         uint64_t end = __atomic_load_n(&ls->ra_end, __ATOMIC_RELAXED);
