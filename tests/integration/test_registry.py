@@ -365,6 +365,18 @@ def test_background_fetch_brings_the_whole_layer(sups, layer, image, proxy, monk
     assert proxy.stats()["requests"].get("range_get", 0) == before
 
 
+def _convert_tree(src, extra=()):
+    """src as a tar (names sorted, so blob order is name order) converted
+    by holdfastctl: (convert's JSON, the blob's bytes)."""
+    tar = src + ".tar"
+    subprocess.run(["tar", "--numeric-owner", "--sort=name", "-C", src, "-cf", tar, "."], check=True)
+    blob = src + ".esgz"
+    p = subprocess.run([su.holdfastctl_path(), "convert", "--json"] + list(extra) + [tar, blob],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=True)
+    with open(blob, "rb") as f:
+        return json.loads(p.stdout), f.read()
+
+
 def _start_layer(workdir, name, prefetch):
     """A layer with /etc/passwd, /etc/group and a 3 MiB incompressible
     file, converted with `prefetch` as its prefetch list (None: none, so
@@ -377,19 +389,13 @@ def _start_layer(workdir, name, prefetch):
         os.makedirs(os.path.dirname(os.path.join(src, rel)), exist_ok=True)
         with open(os.path.join(src, rel), "wb") as f:
             f.write(data)
-    tar = src + ".tar"
-    subprocess.run(["tar", "--numeric-owner", "--sort=name", "-C", src, "-cf", tar, "."], check=True)
-    blob = src + ".esgz"
-    cmd = [su.holdfastctl_path(), "convert", "--json", "--chunk-size", "1M"]
+    extra = ["--chunk-size", "1M"]
     if prefetch is not None:
         plist = src + ".prefetch"
         with open(plist, "w") as f:
             f.write("".join(p + "\n" for p in prefetch))
-        cmd += ["--prefetch-list", plist]
-    p = subprocess.run(cmd + [tar, blob], stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=True)
-    info = json.loads(p.stdout)
-    with open(blob, "rb") as f:
-        data = f.read()
+        extra += ["--prefetch-list", plist]
+    info, data = _convert_tree(src, extra)
     return files, info, data
 
 
@@ -503,14 +509,7 @@ def test_a_toc_larger_than_the_tail_read_fetches_only_its_start(sups, proxy, wor
         os.makedirs(os.path.join(src, n[:2]), exist_ok=True)
         with open(os.path.join(src, n[:2], n), "wb") as f:
             f.write(n.encode())
-    tar = src + ".tar"
-    subprocess.run(["tar", "--numeric-owner", "--sort=name", "-C", src, "-cf", tar, "."], check=True)
-    blob = src + ".esgz"
-    p = subprocess.run([su.holdfastctl_path(), "convert", "--json", tar, blob], stdout=subprocess.PIPE,
-                       stderr=subprocess.PIPE, check=True)
-    info = json.loads(p.stdout)
-    with open(blob, "rb") as f:
-        data = f.read()
+    info, data = _convert_tree(src)
     out = ru.push_image(proxy.url, "bigtoc", "v1", [ru.Layer(data, diff_id=info["diff_id"])])
     s = sups.start(["--no-standby"])
     proxy.stats(reset=True)
@@ -539,14 +538,7 @@ def test_a_reader_walking_the_layer_keeps_the_link_busy(sups, proxy, workdir):
         os.makedirs(os.path.dirname(os.path.join(src, rel)), exist_ok=True)
         with open(os.path.join(src, rel), "wb") as f:
             f.write(files[rel])
-    tar = src + ".tar"
-    subprocess.run(["tar", "--numeric-owner", "--sort=name", "-C", src, "-cf", tar, "."], check=True)
-    blob = src + ".esgz"
-    p = subprocess.run([su.holdfastctl_path(), "convert", "--json", tar, blob], stdout=subprocess.PIPE,
-                       stderr=subprocess.PIPE, check=True)
-    info = json.loads(p.stdout)
-    with open(blob, "rb") as f:
-        data = f.read()
+    info, data = _convert_tree(src)
     out = ru.push_image(proxy.url, "walk", "v1", [ru.Layer(data, diff_id=info["diff_id"])])
     digest = out["layers"][0]["digest"]
     s = sups.start(["--no-standby"])
