@@ -70,13 +70,13 @@ static void on_conn_readable(uv_poll_t *h, int status, _unused_ int events) {
                 ctl_conn_replyf(c, -EPROTO, "protocol version mismatch (want %d)", HOLDFAST_PROTO_VERSION);
         else if (r < 0)
                 ctl_conn_replyf(c, -EBADMSG, "undecodable request (not a holdfast Envelope)");
-        else if (fd >= 0)
-                ctl_conn_replyf(c, -EBADMSG, "requests carry no file descriptors");
         else if (e.which_msg != holdfast_Envelope_ctl_request_tag)
                 ctl_conn_replyf(c, -EBADMSG, "expected a CtlRequest");
+        else if (fd >= 0 && e.msg.ctl_request.op != holdfast_CtlRequest_Op_MOUNT)
+                ctl_conn_replyf(c, -EBADMSG, "only MOUNT carries a file descriptor");
         else {
                 uv_poll_stop(&c->poll);
-                return supervisor_on_request(c->srv->sup, c, &e.msg.ctl_request);
+                return supervisor_on_request(c->srv->sup, c, &e.msg.ctl_request, fd);
         }
         closep(&fd);
         ctl_conn_close(c);

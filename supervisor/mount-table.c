@@ -35,10 +35,6 @@ Mount *mount_table_find_path(MountTable *t, const char *path) {
         for (Mount *m = t->head; m; m = m->next)
                 if (strcmp(m->mountpoint, path) == 0)
                         return m;
-        _cleanup_free_ char *canon = realpath(path, NULL);
-        for (Mount *m = t->head; canon && m; m = m->next)
-                if (strcmp(m->mountpoint, canon) == 0)
-                        return m;
         return NULL;
 }
 

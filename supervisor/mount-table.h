@@ -40,8 +40,8 @@ typedef struct MountTable {
  * numbers it, else it keeps the given id (a record carried over). */
 int mount_table_add(MountTable *t, uint64_t id, const char *mountpoint, const char *source, int take_fd, Mount **ret);
 Mount *mount_table_find(MountTable *t, uint64_t id);
-/* By mountpoint as recorded or, failing that, as realpath() resolves it
- * (only then: resolving may touch a dead mount). */
+/* By mountpoint as recorded (canonical: the clients resolve paths, the
+ * supervisor never looks one up). */
 Mount *mount_table_find_path(MountTable *t, const char *path);
 /* Unlinks m, closes its fd, frees it. */
 void mount_table_remove(MountTable *t, Mount *m);

@@ -21,7 +21,7 @@
 
 #define STATE_MAGIC "holdfast-state\n"
 #define STATE_MAGIC_LEN (sizeof(STATE_MAGIC) - 1)
-/* 3: nanopb messages; 2 (still read, see below): fixed-size fields. */
+/* 3: nanopb messages (2, fixed-size fields, is no longer read). */
 #define STATE_VERSION 3
 
 static bool write_file(pb_ostream_t *os, const pb_byte_t *buf, size_t n) {
@@ -79,42 +79,17 @@ int state_save(Supervisor *s, const CtlConn *reexec_conn, int *ret_memfd) {
         return 0;
 }
 
-/* Version 2, written by the previous release (a re-exec from it, or its
- * fdstore copy): the same fields, fixed-size in this order (gave_up as a
- * uint32), then per mount its fd (int32), a length (uint32) and the
- * MountRecord. */
 #define READ(is, v) pb_read(is, (pb_byte_t *) &(v), sizeof(v))
-
-static bool decode_v2(pb_istream_t *is, holdfast_SupervisorState *st) {
-        uint32_t gave_up = 0;
-        bool ok = READ(is, st->generation) && READ(is, st->restarts) && READ(is, st->start_ms) &&
-                  READ(is, st->next_mount_id) && READ(is, st->last_stall_us) && READ(is, gave_up) &&
-                  READ(is, st->listen_fd) && READ(is, st->reply_fd) && READ(is, st->worker_pidfd) &&
-                  READ(is, st->worker_sock) && READ(is, st->worker_pid) && READ(is, st->worker_generation) &&
-                  READ(is, st->worker_serving_ms) && READ(is, st->worker_inflight_fd) && READ(is, st->n_mounts);
-        st->gave_up = gave_up != 0;
-        return ok;
-}
-
-static bool decode_v2_mount(pb_istream_t *is, holdfast_SavedMount *sm) {
-        uint32_t len;
-        if (!READ(is, sm->fd) || !READ(is, len) || len > is->bytes_left)
-                return false;
-        pb_istream_t sub = *is;
-        sub.bytes_left = len;
-        is->bytes_left -= len;
-        return pb_decode(&sub, holdfast_MountRecord_fields, &sm->record) && pb_close_string_substream(is, &sub);
-}
 
 static int decode(Supervisor *s, pb_istream_t *is, holdfast_SupervisorState *st, ErrMsg *err) {
         char magic[STATE_MAGIC_LEN];
         uint32_t version = 0;
         if (!READ(is, magic) || memcmp(magic, STATE_MAGIC, STATE_MAGIC_LEN) != 0 || !READ(is, version))
                 return errmsg_set(err, -EBADMSG, "not a holdfast state file");
-        if (version != STATE_VERSION && version != 2)
+        if (version != STATE_VERSION)
                 return errmsg_set(err, -EPROTO, "state version %u, this binary reads %u", version, STATE_VERSION);
         *st = (holdfast_SupervisorState) holdfast_SupervisorState_init_zero;
-        if (version == 2 ? !decode_v2(is, st) : !pb_decode_delimited(is, holdfast_SupervisorState_fields, st))
+        if (!pb_decode_delimited(is, holdfast_SupervisorState_fields, st))
                 return errmsg_set(err, -EBADMSG, "state file truncated");
         s->generation = st->generation;
         s->restarts = st->restarts;
@@ -125,8 +100,7 @@ static int decode(Supervisor *s, pb_istream_t *is, holdfast_SupervisorState *st,
         holdfast_SavedMount sm;
         for (uint32_t i = 0; i < st->n_mounts; i++) {
                 const holdfast_MountRecord *mr = &sm.record;
-                bool ok = version == 2 ? decode_v2_mount(is, &sm)
-                                       : pb_decode_delimited(is, holdfast_SavedMount_fields, &sm);
+                bool ok = pb_decode_delimited(is, holdfast_SavedMount_fields, &sm);
                 if (!ok || mr->id == 0 || mr->id >= s->mounts.next_id || mr->mountpoint[0] != '/')
                         return errmsg_set(err, -EBADMSG, "state file: bad mount record %u", i);
                 Mount *m;

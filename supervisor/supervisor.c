@@ -21,7 +21,7 @@
 #include <sys/un.h>
 
 #include "common/ipc/msg.h"
-#include "supervisor/fuse-mount.h"
+#include "common/fuse/mount.h"
 
 /* Only quick deaths back off. */
 #define HEALTHY_MS 1000
@@ -91,17 +91,16 @@ static void upgrade_done(Supervisor *s, int error, const char *fmt, ...) _printf
 
 static bool crash_loop(Supervisor *s) {
         uint64_t t = now_ms();
-        s->deaths[s->n_deaths++ % RESTART_BURST_MAX] = t;
-        unsigned recent = 0;
-        for (unsigned i = 0; i < MIN(s->n_deaths, (unsigned) RESTART_BURST_MAX); i++)
-                if (t - s->deaths[i] < s->restart_interval_ms)
-                        recent++;
-        if (s->restart_burst == 0 || recent < s->restart_burst)
+        if (s->n_deaths == 0 || t - s->deaths_since_ms >= s->restart_interval_ms) {
+                s->deaths_since_ms = t; /* a new window, as systemd's StartLimitIntervalSec= */
+                s->n_deaths = 0;
+        }
+        if (s->restart_burst == 0 || ++s->n_deaths < s->restart_burst)
                 return false;
         s->gave_up = true;
         log_error("WORKER CRASH LOOP: %u deaths within %" PRIu64 " s; not respawning any more. "
                   "Mounts are kept but not served; 'holdfastctl restart' tries again.",
-                  recent, s->restart_interval_ms / 1000);
+                  s->n_deaths, s->restart_interval_ms / 1000);
         /* Mounts that never got served cannot wait for a worker that will not come. */
         for (Mount *m = s->mounts.head, *n; m; m = n) {
                 n = m->next;
@@ -341,27 +340,25 @@ static void do_status(Supervisor *s, CtlConn *c) {
         ctl_conn_reply(c, &reply);
 }
 
-static void do_mount(Supervisor *s, CtlConn *c, const holdfast_CtlRequest *req) {
+/* The client mounted (common/fuse/mount.c) and hands over the fd; it
+ * detaches the mount itself when the answer is an error. */
+static void do_mount(Supervisor *s, CtlConn *c, const holdfast_CtlRequest *req, int take_fd) {
+        _cleanup_close_ int fd = take_fd;
+        if (fd < 0 || !fuse_fd_is_dev(fd))
+                return ctl_conn_replyf(c, -EBADMSG, "MOUNT carries the new mount's /dev/fuse fd");
+        if (!req->source[0] || req->mountpoint[0] != '/')
+                return ctl_conn_replyf(c, -EINVAL, "MOUNT wants a source and an absolute mountpoint");
         if (s->gave_up)
                 return ctl_conn_replyf(c, -ESRCH, "no worker: respawning was given up after a crash loop; "
                                                   "run 'holdfastctl restart'");
-        Mount *m = req->mountpoint[0] == '/' ? mount_table_find_path(&s->mounts, req->mountpoint) : NULL;
+        Mount *m = mount_table_find_path(&s->mounts, req->mountpoint);
         if (m)
                 return ctl_conn_replyf(c, -EBUSY, "%s is already a holdfast mount (id %" PRIu64 ")", m->mountpoint,
                                        m->id);
-        if (s->mounts.count >= MOUNT_TABLE_MAX)
-                return ctl_conn_replyf(c, -ENOSPC, "too many mounts (%d)", MOUNT_TABLE_MAX);
-        ErrMsg err = {};
-        _cleanup_free_ char *src = NULL, *mp = NULL;
-        int fd;
-        int r = fuse_mount_new(req->source, req->mountpoint, &src, &mp, &fd, &err);
+        int r = mount_table_add(&s->mounts, 0, req->mountpoint, req->source, TAKE_FD(fd), &m);
         if (r < 0)
-                return ctl_conn_replyf(c, r, "%s", err.text);
-        r = mount_table_add(&s->mounts, 0, mp, src, fd, &m);
-        if (r < 0) {
-                fuse_mount_detach(mp);
-                return ctl_conn_replyf(c, r, "cannot record the mount: %s", strerror(-r));
-        }
+                return ctl_conn_replyf(c, r, "cannot record the mount: %s",
+                                       r == -ENOSPC ? "too many mounts" : strerror(-r));
         log_info("mounted %s on %s (id %" PRIu64 ")", m->source, m->mountpoint, m->id);
         m->waiter = c;
         sd_store_mount(m);
@@ -436,7 +433,8 @@ static void do_upgrade(Supervisor *s, CtlConn *c, const holdfast_CtlRequest *req
         }
 }
 
-void supervisor_on_request(Supervisor *s, CtlConn *c, const holdfast_CtlRequest *req) {
+void supervisor_on_request(Supervisor *s, CtlConn *c, const holdfast_CtlRequest *req, int take_fd) {
+        _cleanup_close_ int fd = take_fd;
         if (s->stopping && req->op != holdfast_CtlRequest_Op_STATUS)
                 return ctl_conn_replyf(c, -ESHUTDOWN, "the supervisor is stopping");
         ErrMsg err = {};
@@ -444,7 +442,7 @@ void supervisor_on_request(Supervisor *s, CtlConn *c, const holdfast_CtlRequest 
         case holdfast_CtlRequest_Op_STATUS:
                 return do_status(s, c);
         case holdfast_CtlRequest_Op_MOUNT:
-                return do_mount(s, c, req);
+                return do_mount(s, c, req, TAKE_FD(fd));
         case holdfast_CtlRequest_Op_UMOUNT:
                 return do_umount(s, c, req);
         case holdfast_CtlRequest_Op_UPGRADE:
@@ -499,6 +497,7 @@ void supervisor_stop(Supervisor *s) {
         if (s->under_systemd)
                 log_info("keeping %zu mounts: their fds are in systemd's fdstore", s->mounts.count);
         mount_table_clear(&s->mounts);
+        worker_reap_exited(s, NULL);
         /* The timers, the signal handlers; every worker and connection is
          * closing already. */
         uv_walk(s->loop, close_handle, NULL);

@@ -2,7 +2,7 @@
  * /dev/fuse fds), at most two worker processes (the one serving and a
  * standby that holds every mount, ready to take over), the control socket
  * and the systemd hooks. Objects with a life of their own have their own
- * files (worker.c, ctl-server.c, mount-table.c, fuse-mount.c); this header
+ * files (worker.c, ctl-server.c, mount-table.c); this header
  * is the state they share and the functions that act on all of it:
  * supervisor.c holds the policy (when to respawn, how an upgrade
  * proceeds), state.c the state across an execve, sd.c the systemd hooks. */
@@ -53,14 +53,15 @@ typedef struct Supervisor {
         uint64_t start_ms;         /* CLOCK_MONOTONIC of the first supervisor image */
 
         /* Respawn policy: backoff 0, 100 ms, doubling to delay_max_ms, reset
-         * when a worker served for a second; restart_burst deaths within
-         * restart_interval_ms give up respawning (never dropping a mount). */
+         * when a worker served for a second; restart_burst deaths within a
+         * window of restart_interval_ms give up respawning (never dropping
+         * a mount). */
         unsigned restart_burst;
         uint64_t restart_interval_ms;
         uint64_t delay_max_ms;
         uint64_t backoff_ms;
-        uint64_t deaths[RESTART_BURST_MAX];  /* ring of death times (ms) */
-        unsigned n_deaths;
+        uint64_t deaths_since_ms;  /* start of the window */
+        unsigned n_deaths;         /* within it */
         bool gave_up;
         uv_timer_t spawn_timer;    /* respawns current; with current serving,
                                     * spawns the standby */
@@ -86,7 +87,8 @@ void supervisor_on_worker_serving(Supervisor *s, Worker *w);
 void supervisor_on_worker_warm(Supervisor *s, Worker *w);
 void supervisor_on_mount_status(Supervisor *s, Mount *m, const holdfast_MountStatus *st);
 void supervisor_on_worker_exit(Supervisor *s, Worker *w);
-void supervisor_on_request(Supervisor *s, CtlConn *c, const holdfast_CtlRequest *req);
+/* Takes fd, which only a MOUNT carries: the new mount's /dev/fuse. */
+void supervisor_on_request(Supervisor *s, CtlConn *c, const holdfast_CtlRequest *req, int take_fd);
 /* The control connection c is going away: forget any pointer to it. */
 void supervisor_forget_conn(Supervisor *s, CtlConn *c);
 void supervisor_spawn_current(Supervisor *s);

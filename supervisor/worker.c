@@ -6,7 +6,7 @@
  * exit; a worker is never given a connection while another process might
  * still read it (supervisor.c sends the start sequence only after the
  * previous worker's pidfd reported its exit: every thread of it is gone,
- * only a zombie is left, reaped 100 ms later). Our end of
+ * only a zombie is left, reaped at the next spawn). Our end of
  * the socket is blocking with a send deadline: a worker that stops reading
  * is killed rather than stalling the loop. */
 #include "supervisor/worker.h"
@@ -29,10 +29,6 @@
 /* An upgrade waits this long at most for the new worker's Warm. */
 #define WORKER_WARM_TIMEOUT_MS 10000
 #define WORKER_DRAIN_TIMEOUT_MS 5000
-/* An exited worker is reaped this long after its successor was sent
- * WorkerGo (on_pidfd says why). */
-#define REAP_DELAY_MS 100
-#define REAP_PENDING_MAX 16
 
 const char *worker_state_to_string(WorkerState st) {
         static const char *const names[] = {
@@ -47,56 +43,21 @@ static void on_sock(uv_poll_t *h, int status, int events);
 static void on_pidfd(uv_poll_t *h, int status, int events);
 static void on_timer(uv_timer_t *t);
 
-/* The pidfds of exited workers whose reaping is put off (on_pidfd). A
- * timer reaps them; at exit (a stop ends the loop before it may fire)
- * reap_pending_all() does. After a re-exec, worker_adopt() reaps what the
- * previous image left. */
-static struct {
-        int pidfds[REAP_PENDING_MAX];
-        unsigned n;
-        uv_timer_t timer;
-        bool ready;              /* timer initialized, atexit registered */
-} reap_pending;
-
-static void reap_pidfd(int pidfd) {
-        siginfo_t si = {};
-        (void) waitid((idtype_t) P_PIDFD, (id_t) pidfd, &si, WEXITED | WNOHANG);
-        close(pidfd);
-}
-
-static void reap_pending_all(void) {
-        for (unsigned i = 0; i < reap_pending.n; i++)
-                reap_pidfd(reap_pending.pidfds[i]);
-        reap_pending.n = 0;
-}
-
-static void on_reap_timer(_unused_ uv_timer_t *t) {
-        reap_pending_all();
-}
-
-/* Takes pidfd, of an exited worker: reaped within REAP_DELAY_MS. */
-static void reap_later(Supervisor *s, int take_pidfd) {
-        /* a stop closes every handle: no new timer then */
-        if (s->stopping)
-                return reap_pidfd(take_pidfd);
-        if (!reap_pending.ready) {
-                uv_timer_init(s->loop, &reap_pending.timer);
-                /* the loop may end without it: atexit reaps */
-                uv_unref((uv_handle_t *) &reap_pending.timer);
-                reap_pending.ready = atexit(reap_pending_all) == 0;
+/* Exited workers are reaped after the next fork: never while readers
+ * wait for a takeover (on_pidfd says why), and with a standby at least
+ * 300 ms after one (its replacement's spawn). */
+void worker_reap_exited(Supervisor *s, const Worker *also) {
+        for (int i = 0; i < 64; i++) {
+                siginfo_t si = {};
+                if (waitid(P_ALL, 0, &si, WEXITED | WNOHANG | WNOWAIT) < 0 || si.si_pid == 0 ||
+                    (also && si.si_pid == also->pid) || (s->current && si.si_pid == s->current->pid) ||
+                    (s->standby && si.si_pid == s->standby->pid))
+                        return;
+                (void) waitpid(si.si_pid, NULL, WNOHANG);
         }
-        if (!reap_pending.ready || reap_pending.n == REAP_PENDING_MAX ||
-            uv_is_closing((uv_handle_t *) &reap_pending.timer))
-                return reap_pidfd(take_pidfd);
-        reap_pending.pidfds[reap_pending.n++] = take_pidfd;
-        uv_timer_start(&reap_pending.timer, on_reap_timer, REAP_DELAY_MS, 0);
 }
 
 static void worker_destroy(Worker *w) {
-        /* An exited worker's zombie: reaped a while after WorkerGo went
-         * out (on_pidfd). */
-        if (w->state == WORKER_EXITED && w->pidfd >= 0)
-                reap_later(w->sup, TAKE_FD(w->pidfd));
         closep(&w->pidfd);
         closep(&w->sock);
         closep(&w->inflight_fd);
@@ -207,21 +168,12 @@ int worker_spawn(Supervisor *s, const char *path, uint64_t generation, Worker **
         }
         uv_timer_start(&w->timer, on_timer, WORKER_READY_TIMEOUT_MS, 0);
         log_info("worker %d (generation %" PRIu64 ", %s) started", (int) w->pid, generation, path);
+        worker_reap_exited(s, w);
         *ret = TAKE_PTR(w);
         return 0;
 }
 
 int worker_adopt(Supervisor *s, const holdfast_SupervisorState *st, Worker **ret) {
-        /* Zombies the image before our execve had not reaped yet
-         * (reap_later): every exited child but the worker we adopt (if that
-         * one exited too, its pidfd reports it). */
-        for (;;) {
-                siginfo_t si = {};
-                if (waitid(P_ALL, 0, &si, WEXITED | WNOHANG | WNOWAIT) < 0 || si.si_pid == 0 ||
-                    si.si_pid == (pid_t) st->worker_pid)
-                        break;
-                (void) waitpid(si.si_pid, NULL, WNOHANG);
-        }
         _cleanup_close_ int pidfd = st->worker_pidfd, sock = st->worker_sock, inflight = st->worker_inflight_fd;
         _cleanup_(worker_freep) Worker *w = calloc(1, sizeof(*w));
         if (!w)
@@ -232,6 +184,7 @@ int worker_adopt(Supervisor *s, const holdfast_SupervisorState *st, Worker **ret
         int r = worker_setup(s, w);
         if (r < 0)
                 return r;
+        worker_reap_exited(s, w); /* what the image before our execve left */
         *ret = TAKE_PTR(w);
         return 0;
 }
@@ -383,12 +336,10 @@ static void handle_ready(Worker *w, const holdfast_WorkerReady *ready, int fd) {
                 closep(&fd);
                 return worker_garbage(w, "WorkerReady out of order or with a wrong pid");
         }
-        /* Its in-flight table, kept for its successor. Only a memfd is
-         * taken: nothing the worker sends may make us block or touch the
-         * file system. */
-        char path[32], target[7];
-        snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
-        if (fd >= 0 && (readlink(path, target, sizeof(target)) != 7 || memcmp(target, "/memfd:", 7) != 0)) {
+        /* Its in-flight table, kept for its successor. Only a memfd (or
+         * another shmem file: those alone have seals) is taken: nothing
+         * the worker sends may make us block or touch a disk. */
+        if (fd >= 0 && fcntl(fd, F_GET_SEALS) < 0) {
                 close(fd);
                 return worker_garbage(w, "WorkerReady with an fd that is not a memfd");
         }
@@ -496,8 +447,8 @@ static void on_sock(uv_poll_t *h, int status, _unused_ int events) {
 
 /* The pidfd is readable once every thread of the worker has exited: it
  * cannot read a connection any more, and its successor may take over.
- * The status is read with WNOWAIT and the zombie reaped 100 ms later
- * (reap_later), well after supervisor_on_worker_exit() sent WorkerGo:
+ * The status is read with WNOWAIT and the zombie reaped at the next spawn
+ * (reap_exited), well after supervisor_on_worker_exit() sent WorkerGo:
  * reaping is not free, the kernel then drops the process's /proc
  * dentries, and when something on the machine has walked /proc/PID/fd
  * (monitoring agents, lsof, ss -p) those are one per open fd. With 1,000

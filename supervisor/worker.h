@@ -71,5 +71,8 @@ void worker_kill(Worker *w, const char *why);
 /* SIGKILL and wait for the exit right here (blocking): for a worker that
  * must be gone before the next step, and whose exit nobody reports. */
 void worker_reap_now(Worker *w, const char *why);
+/* Reaps exited children but also and the tracked workers (whose pidfd
+ * still wants the status: one of them stops the walk). Bounded. */
+void worker_reap_exited(Supervisor *s, const Worker *also);
 /* After supervisor_on_worker_exit(): closes the handles, frees. */
 void worker_free(Worker *w);

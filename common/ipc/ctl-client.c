@@ -1,8 +1,10 @@
-/* The control-socket client (daemon-client.h). Blocking; one request per
+/* The control-socket client (ctl-client.h). Blocking; one request per
  * connection. */
 #include "common/ipc/ctl-client.h"
 
 #include <errno.h>
+#include <libgen.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,6 +13,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "common/fuse/mount.h"
 #include "common/ipc/msg.h"
 #include "common/util/macro.h"
 
@@ -19,6 +22,53 @@ void daemon_reply_done(DaemonReply *r) {
         r->mounts = NULL;
         r->n_mounts = 0;
 }
+
+/* MOUNT: the mount is made here, req's paths become the canonical ones,
+ * and the fd goes with the request. A failed check is answered like a
+ * refusal of the supervisor (reply->error). */
+static int mount_here(holdfast_CtlRequest *req, holdfast_CtlReply *reply, int *ret_fd) {
+        ErrMsg err = {};
+        _cleanup_free_ char *src = NULL, *mp = NULL;
+        int fd = -EBADF;
+        int r = fuse_mount_new(req->source, req->mountpoint, &src, &mp, &fd, &err);
+        if (r >= 0 && (strlen(src) >= sizeof(req->source) || strlen(mp) >= sizeof(req->mountpoint))) {
+                (void) fuse_mount_detach(mp);
+                close(fd);
+                r = errmsg_set(&err, -ENAMETOOLONG, "canonical path of %s too long", req->mountpoint);
+        }
+        if (r < 0) {
+                reply->error = r;
+                snprintf(reply->message, sizeof(reply->message), "%s", err.text);
+                return r;
+        }
+        strcpy(req->source, src);
+        strcpy(req->mountpoint, mp);
+        *ret_fd = fd;
+        return 0;
+}
+
+/* UMOUNT: the supervisor knows a mount by its canonical path. Only the
+ * parent is resolved: the mount's own root may be a FUSE mount waiting
+ * for its worker. */
+static void canonicalize(char *path, size_t size) {
+        char dir[PATH_MAX], base[PATH_MAX], canon[PATH_MAX];
+        if (path[0] != '/' || strlen(path) >= PATH_MAX)
+                return;
+        strcpy(dir, path);
+        strcpy(base, path);
+        const char *b = basename(base);
+        if (!realpath(dirname(dir), canon) || !strcmp(b, "/") || !strcmp(b, ".") || !strcmp(b, ".."))
+                return;
+        size_t n = strlen(canon), bn = strlen(b);
+        if (n + 1 + bn >= size)
+                return;
+        memcpy(path, canon, n);
+        if (n > 1)
+                path[n++] = '/';
+        memcpy(path + n, b, bn + 1);
+}
+
+static int call(int fd, holdfast_Envelope *e, int send_fd, DaemonReply *ret, const char **ret_what);
 
 int daemon_call(const char *root, const holdfast_CtlRequest *req, unsigned timeout_ms, DaemonReply *ret,
                 const char **ret_what) {
@@ -40,9 +90,32 @@ int daemon_call(const char *root, const holdfast_CtlRequest *req, unsigned timeo
                 return -ENOMEM;
         e->which_msg = holdfast_Envelope_ctl_request_tag;
         e->msg.ctl_request = *req;
-        *ret_what = "send";
-        int r = msg_send(fd, e, -1);
         *ret = (DaemonReply) {};
+        bool mount = req->op == holdfast_CtlRequest_Op_MOUNT;
+        int mount_fd = -EBADF;
+        char mp[sizeof(req->mountpoint)];
+        if (mount && mount_here(&e->msg.ctl_request, &ret->reply, &mount_fd) < 0) {
+                free(e);
+                return 0;
+        }
+        if (req->op == holdfast_CtlRequest_Op_UMOUNT)
+                canonicalize(e->msg.ctl_request.mountpoint, sizeof(e->msg.ctl_request.mountpoint));
+        strcpy(mp, e->msg.ctl_request.mountpoint);
+        int r = call(fd, e, mount_fd, ret, ret_what);
+        /* Not taken (or no word of it): never left mounted. When the
+         * supervisor took it and a worker refused it, it detached it
+         * already. */
+        if (mount && (r < 0 || ret->reply.error < 0))
+                (void) fuse_mount_detach(mp);
+        return r;
+}
+
+/* Sends e (with send_fd, closed here) and collects the reply; frees e. */
+static int call(int fd, holdfast_Envelope *e, int send_fd, DaemonReply *ret, const char **ret_what) {
+        *ret_what = "send";
+        int r = msg_send(fd, e, send_fd);
+        if (send_fd >= 0)
+                close(send_fd);
         *ret_what = "receive";
         while (r >= 0) {
                 int rfd;

@@ -299,10 +299,10 @@ void help_mount(void) {
 "HOST/hosts.toml; plain HTTP for 127.0.0.1), credentials come from\n"
 "~/.docker/config.json or $DOCKER_CONFIG.\n"
 "\n"
-"The supervisor mounts it and hands the FUSE connection to the worker;\n"
-"the command returns once the worker serves it (or has refused the layer,\n"
-"in which case nothing stays mounted). Relative paths are taken from the\n"
-"current directory.\n"
+"holdfastctl mounts it and gives the FUSE connection to the supervisor,\n"
+"which keeps it and hands it to the worker. The command returns once the\n"
+"worker serves it (or has refused the layer, in which case nothing stays\n"
+"mounted). Relative paths are taken from the current directory.\n"
 DAEMON_NOTES);
 }
 

@@ -152,7 +152,7 @@ def test_status_mount_umount(sups, layer):
     # The same mountpoint again: refused, nothing new kept.
     fds_mounted = s.fds_quiet()
     rc, _, err = s.ctl("mount", layer.blob, mp, check=False)
-    assert rc == 1 and "already a holdfast mount" in err, err
+    assert rc == 1 and "already a FUSE mount" in err, err
     assert s.fds_settle(fds_mounted) == fds_mounted
 
     _, out, _ = s.ctl("umount", mp)
@@ -197,9 +197,8 @@ def test_bad_requests(sups, layer, workdir):
     # Raw requests: relative paths, empty fields, unknown ops, garbage.
     R = su.ctl_request
     cases = [
-        (R(su.OP["MOUNT"], "layer.esgz", mp), -errno.EINVAL, "neither an absolute path nor a layer reference"),
-        (R(su.OP["MOUNT"], layer.blob, "mnt"), -errno.EINVAL, "not an absolute path"),
-        (R(su.OP["MOUNT"], "", ""), -errno.EINVAL, "empty"),
+        # holdfastctl mounts and sends the fd; the supervisor looks up no path
+        (R(su.OP["MOUNT"], layer.blob, mp), -errno.EBADMSG, "/dev/fuse fd"),
         (R(su.OP["UMOUNT"], mountpoint="relative"), -errno.EINVAL, "not an absolute path"),
         (R(su.OP["UPGRADE"], worker_path="bin/worker"), -errno.EINVAL, "not absolute"),
         (R(77), -errno.EOPNOTSUPP, "unknown request"),
@@ -211,10 +210,21 @@ def test_bad_requests(sups, layer, workdir):
     for datagram, want_err, want_msg in cases:
         replies = s.raw([datagram])
         assert replies and replies[0][0] == want_err and want_msg in replies[0][1], (datagram[:40], replies)
-    # An fd attached to a request is refused and closed.
+    # An fd attached to a request is refused and closed; a MOUNT's must be
+    # a /dev/fuse, with an absolute mountpoint.
     with open(layer.blob, "rb") as f:
         replies = s.raw([R(su.OP["STATUS"])], fd=f.fileno())
-    assert replies and replies[0][0] == -errno.EBADMSG
+        assert replies and replies[0][0] == -errno.EBADMSG, replies
+        replies = s.raw([R(su.OP["MOUNT"], layer.blob, mp)], fd=f.fileno())
+        assert replies and replies[0][0] == -errno.EBADMSG and "/dev/fuse" in replies[0][1], replies
+    with open("/dev/fuse", "rb+", buffering=0) as f:
+        for src, where in [("", mp), (layer.blob, "mnt")]:
+            replies = s.raw([R(su.OP["MOUNT"], src, where)], fd=f.fileno())
+            assert replies and replies[0][0] == -errno.EINVAL and "absolute" in replies[0][1], replies
+    # A layer reference with a space, a relative source: refused before
+    # anything is mounted.
+    refused(["mount", "reg.example/a b@sha256:" + "0" * 64, mp], "space")
+    refused(["mount", "layer.esgz", mp], "No such file or directory")
     # Oversized datagrams, empty ones, random bytes, a client that hangs up
     # at once: the supervisor stays up.
     rng = random.Random(7)

@@ -1,15 +1,23 @@
-/* mount(2)/umount2(2) of /dev/fuse connections, with the checks that make
- * an untrusted MOUNT request safe to carry out. Called from the
- * supervisor's loop; blocks only in these syscalls (mount(2) of FUSE does
- * not wait for FUSE_INIT: the kernel sends it asynchronously). */
-#include "supervisor/fuse-mount.h"
+/* mount(2)/umount2(2) of /dev/fuse connections (mount.h), with the checks
+ * that give a user a clear error before anything is mounted. Blocks only
+ * in these syscalls: mount(2) of FUSE does not wait for FUSE_INIT (the
+ * kernel sends it asynchronously), so the worker may mount a filesystem
+ * it serves itself. */
+#include "common/fuse/mount.h"
 
 #include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
 
-#include "supervisor/base.h"
+#include "common/util/macro.h"
 
 #define FUSE_SUPER_MAGIC 0x65735546
 
@@ -114,4 +122,9 @@ int fuse_mount_detach(const char *mountpoint) {
         if (umount2(mountpoint, MNT_DETACH | UMOUNT_NOFOLLOW) < 0 && errno != EINVAL && errno != ENOENT)
                 return -errno;
         return 0;
+}
+
+bool fuse_fd_is_dev(int fd) {
+        struct stat st;
+        return fstat(fd, &st) == 0 && S_ISCHR(st.st_mode) && st.st_rdev == makedev(10, 229);
 }
