@@ -128,3 +128,39 @@ bool fuse_fd_is_dev(int fd) {
         struct stat st;
         return fstat(fd, &st) == 0 && S_ISCHR(st.st_mode) && st.st_rdev == makedev(10, 229);
 }
+
+/* /proc/self/mountinfo escapes space, tab, newline and backslash in paths
+ * as \ooo; a is the escaped field, b the plain path. */
+static bool mountinfo_path_eq(const char *a, const char *b) {
+        for (; *a && *b; b++) {
+                if (a[0] == '\\' && a[1] >= '0' && a[1] <= '3' && a[2] >= '0' && a[2] <= '7' && a[3] >= '0' &&
+                    a[3] <= '7') {
+                        if (*b != (char) ((a[1] - '0') * 64 + (a[2] - '0') * 8 + (a[3] - '0')))
+                                return false;
+                        a += 4;
+                } else if (*a++ != *b)
+                        return false;
+        }
+        return !*a && !*b;
+}
+
+bool fuse_mount_is_orphan(const char *mountpoint) {
+        struct statfs sfs;
+        if (statfs(mountpoint, &sfs) == 0 || errno != ENOTCONN)
+                return false;
+        FILE *f = fopen("/proc/self/mountinfo", "re");
+        if (!f)
+                return false;
+        char *line = NULL, mp[4096], fstype[64];
+        size_t cap = 0;
+        bool found = false;
+        while (!found && getline(&line, &cap, f) > 0) {
+                const char *sep = strstr(line, " - ");
+                found = sep && sscanf(line, "%*s %*s %*s %*s %4095s", mp) == 1 &&
+                        sscanf(sep + 3, "%63s", fstype) == 1 && strcmp(fstype, "fuse.holdfast") == 0 &&
+                        mountinfo_path_eq(mp, mountpoint);
+        }
+        free(line);
+        fclose(f);
+        return found;
+}

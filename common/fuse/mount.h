@@ -25,3 +25,9 @@ int fuse_mount_detach(const char *mountpoint);
 
 /* Whether fd is an open /dev/fuse (the character device 10:229). */
 bool fuse_fd_is_dev(int fd);
+
+/* Whether mountpoint is a holdfast mount whose connection is gone (its
+ * statfs fails with ENOTCONN): one whose client was killed between its
+ * mount(2) and handing the fd to the supervisor, which therefore never
+ * knew it. Only reads /proc/self/mountinfo. */
+bool fuse_mount_is_orphan(const char *mountpoint);

@@ -107,6 +107,13 @@ int daemon_call(const char *root, const holdfast_CtlRequest *req, unsigned timeo
          * already. */
         if (mount && (r < 0 || ret->reply.error < 0))
                 (void) fuse_mount_detach(mp);
+        /* A mount the supervisor never got (mount.h): ours to detach. */
+        if (req->op == holdfast_CtlRequest_Op_UMOUNT && r == 0 && ret->reply.error == -ENOENT &&
+            fuse_mount_is_orphan(mp) && fuse_mount_detach(mp) == 0) {
+                ret->reply.error = 0;
+                snprintf(ret->reply.message, sizeof(ret->reply.message),
+                         "detached %.400s: a holdfast mount that had lost its connection", mp);
+        }
         return r;
 }
 

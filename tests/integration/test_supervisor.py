@@ -27,6 +27,7 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
+import mountutil
 import supervisorutil as su  # noqa: E402
 
 KiB = 1024
@@ -161,6 +162,17 @@ def test_status_mount_umount(sups, layer):
     assert s.status()["mounts"] == []
     rc, _, err = s.ctl("umount", mp, check=False)
     assert rc == 1 and "not a holdfast mount" in err
+
+    # A holdfast mount whose client died before it handed the fd over (its
+    # connection is gone, the supervisor never knew it): umount detaches it.
+    os.close(mountutil.fuse_mount(mp))
+    try:
+        _, out, _ = s.ctl("umount", mp)
+        assert "lost its connection" in out, out
+        assert su.canon(mp) not in su.mounted_paths()
+    finally:
+        if su.canon(mp) in su.mounted_paths():
+            subprocess.run(["umount", "-l", mp], check=False)
     assert s.fds_settle(fds_before) == fds_before
     assert s.stop() == 0
 
