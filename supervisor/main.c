@@ -197,7 +197,7 @@ int main(int argc, char **argv) {
         if (optind < argc)
                 return bad_usage("unexpected argument", argv[optind]);
         if (geteuid() != 0) {
-                fputs("holdfast-supervisor: must run as root (mount(2), /dev/fuse)\n", stderr);
+                fputs("holdfast-supervisor: must run as root (it holds /dev/fuse connections and detaches mounts)\n", stderr);
                 return 1;
         }
         signal(SIGPIPE, SIG_IGN);

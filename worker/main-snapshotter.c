@@ -10,12 +10,13 @@
  * served: calls in flight are answered, connections get GOAWAY.
  *
  * Remote snapshots: a Prepare that names an image layer (the labels
- * stargz-snapshotter's handlers set: ctr-remote, nerdctl, CRI) asks the
- * supervisor to mount that layer at the new snapshot's fs/, exactly as
- * `holdfastctl mount REF DIR` does: the supervisor owns every FUSE
- * connection, sends its MountRecord back to this worker (whose main thread
- * opens the layer: a layer that is not eStargz is refused there) and
- * answers once FUSE_INIT was. Every later worker serves the mount. A
+ * stargz-snapshotter's handlers set: ctr-remote, nerdctl, CRI) mounts
+ * that layer at the new snapshot's fs/ exactly as `holdfastctl mount REF
+ * DIR` does (daemon_call(): mount(2) here, the fd deposited with the
+ * supervisor, which owns every FUSE connection), and the supervisor sends
+ * its MountRecord back to this worker (whose main thread opens the layer:
+ * a layer that is not eStargz is refused there) and answers once
+ * FUSE_INIT was. Every later worker serves the mount. A
  * refusal makes the Prepare fall back to a snapshot containerd unpacks.
  *
  * Warm-ahead: containerd prepares an image's layers one after the other,

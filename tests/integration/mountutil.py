@@ -231,7 +231,7 @@ MS_RDONLY, MS_NOSUID, MS_NODEV = 1, 2, 4
 
 
 def fuse_mount(mountpoint):
-    """Opens /dev/fuse and mounts it as the supervisor does; returns the fd."""
+    """Opens /dev/fuse and mounts it as holdfastctl does; returns the fd."""
     fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
     opts = "fd=%d,rootmode=40000,user_id=0,group_id=0,allow_other,default_permissions" % fd
     if libc.mount(b"holdfast", mountpoint.encode(), b"fuse.holdfast", MS_RDONLY | MS_NOSUID | MS_NODEV,

@@ -38,6 +38,7 @@
 
 #include "common/util/macro.h"
 #include "worker/cache/cache-internal.h"
+#include "worker/util/cond.h"
 
 #define DEFAULT_SYNC_INTERVAL_MS 5000
 #define DEFAULT_MAX_OPEN_FILES 64u
@@ -661,11 +662,7 @@ int cache_open(const char *root_dir, const CacheConfig *cfg, Cache **ret, ErrMsg
         pthread_mutex_init(&c->lock, NULL);
         pthread_mutex_init(&c->gc_lock, NULL);
         pthread_mutex_init(&c->bg_lock, NULL);
-        pthread_condattr_t ca;
-        pthread_condattr_init(&ca);
-        pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-        pthread_cond_init(&c->bg_cond, &ca);
-        pthread_condattr_destroy(&ca);
+        cond_init_monotonic(&c->bg_cond);
         boot_id_read(c->boot_id);
 
         _cleanup_free_ BlobInfo *v = NULL;

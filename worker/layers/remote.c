@@ -19,17 +19,14 @@
 #include "worker/fetch/registry.h"
 #include "worker/layers/prefetch.h"
 #include "worker/layers/record.h"
+#include "worker/util/cond.h"
 
 
 void layer_env_init(LayerEnv *env, MetaStore **store, Cache *cache) {
         *env = (LayerEnv) { .store = store, .cache = cache, .prefetch = true };
         pthread_mutex_init(&env->lock, NULL);
         pthread_mutex_init(&env->opens_lock, NULL);
-        pthread_condattr_t ca;
-        pthread_condattr_init(&ca);
-        pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-        pthread_cond_init(&env->opened, &ca);
-        pthread_condattr_destroy(&ca);
+        cond_init_monotonic(&env->opened);
 }
 
 void layer_env_done(LayerEnv *env) {

@@ -48,6 +48,7 @@
 #include <uv.h>
 
 #include "worker/snapshotter/grpc-frame.h"
+#include "worker/util/cond.h"
 
 #define READ_BUF_SIZE (64u << 10)
 /* Bytes gathered from nghttp2 before one uv_write. */
@@ -1079,13 +1080,8 @@ int grpc_server_new(const GrpcServerConfig *cfg, int take_listen_fd, GrpcServer 
                 s->cfg.threads = 4;
         pthread_mutex_init(&s->lock, NULL);
         pthread_cond_init(&s->work_cond, NULL);
-        /* the timed waits count on CLOCK_MONOTONIC */
-        pthread_condattr_t ca;
-        pthread_condattr_init(&ca);
-        pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-        pthread_cond_init(&s->space_cond, &ca);
-        pthread_cond_init(&s->drain_cond, &ca);
-        pthread_condattr_destroy(&ca);
+        cond_init_monotonic(&s->space_cond);
+        cond_init_monotonic(&s->drain_cond);
 
         int r;
         if (nghttp2_session_callbacks_new(&s->callbacks) != 0 || nghttp2_option_new(&s->options) != 0) {
