@@ -445,15 +445,20 @@ def test_snapshot_commands(env, pulled):
     # backend snapshots from its collector, asynchronously: poll, bounded;
     # a directory whose removal failed is an orphan until a Cleanup, which
     # containerd runs after some collections but not all: ask for one)
+    # (the infos are listed before and after the directories, and only a
+    # poll that saw the same count three times counts: the collector may
+    # remove a snapshot between two looks)
     for i in range(40):
+        before = len(list_infos(env["serve"].sock))
         ids = sorted(os.listdir(os.path.join(env["serve"].root, "snapshots")))
-        if len(ids) == len(list_infos(env["serve"].sock)):
+        after = len(list_infos(env["serve"].sock))
+        if before == len(ids) == after:
             break
         if i >= 20:
             with channel(env["serve"].sock) as ch:
                 call(ch, "Cleanup", [])
         time.sleep(0.25)
-    assert len(ids) == len(list_infos(env["serve"].sock)), ids
+    assert before == len(ids) == after, (before, ids, after)
 
 
 def test_restart_keeps_snapshots(env, pulled):
