@@ -5,7 +5,11 @@ directory, and what its tests share: processes that die with the test
 Containerd(base, proxies) writes a config (its own root, state and
 sockets; CRI and the snapshotters not tested off; one [proxy_plugins]
 entry per proxies item); start() waits until `ctr version` answers;
-stop() kills the tasks it started, then containerd itself (by pid)."""
+stop() kills the tasks it started, then containerd itself (by pid).
+With cri=SNAPSHOTTER the CRI plugin is on instead, pulling with that
+snapshotter and passing it the layers' annotations (as a Kubernetes node
+whose kubelet talks to containerd), its registries configured in
+base/certs.d (hosts.toml per host), its CNI directories empty."""
 
 import gzip
 import hashlib
@@ -57,24 +61,43 @@ def read_text(path):
 class Containerd:
     """Debian's containerd with everything under `base`."""
 
-    def __init__(self, base, proxies):
+    def __init__(self, base, proxies, cri=None):
         self.base = base
         self.sock = os.path.join(base, "containerd.sock")
         self.log = os.path.join(base, "containerd.log")
         self.config = os.path.join(base, "containerd.toml")
+        self.certs_d = os.path.join(base, "certs.d")
         lines = [
             "version = 2",
             'root = "%s"' % os.path.join(base, "cd-root"),
             'state = "%s"' % os.path.join(base, "cd-state"),
-            'disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.internal.v1.opt",'
+            'disabled_plugins = [%s"io.containerd.internal.v1.opt",'
             ' "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.zfs",'
-            ' "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.aufs"]',
+            ' "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.aufs"]' % (
+                "" if cri else '"io.containerd.grpc.v1.cri", '),
             "[grpc]",
             '  address = "%s"' % self.sock,
             "[ttrpc]",
             '  address = "%s.ttrpc"' % self.sock,
-            "[proxy_plugins]",
         ]
+        if cri:
+            for d in ("cni-bin", "cni-conf", "certs.d"):
+                os.makedirs(os.path.join(base, d), exist_ok=True)
+            lines += [
+                '[plugins."io.containerd.grpc.v1.cri"]',
+                '  sandbox_image = "127.0.0.1:1/holdfast-tests/no-sandboxes:0"',
+                '  stream_server_address = "127.0.0.1"',
+                '  stream_server_port = "0"',
+                '  [plugins."io.containerd.grpc.v1.cri".containerd]',
+                '    snapshotter = "%s"' % cri,
+                "    disable_snapshot_annotations = false",
+                '  [plugins."io.containerd.grpc.v1.cri".cni]',
+                '    bin_dir = "%s"' % os.path.join(base, "cni-bin"),
+                '    conf_dir = "%s"' % os.path.join(base, "cni-conf"),
+                '  [plugins."io.containerd.grpc.v1.cri".registry]',
+                '    config_path = "%s"' % self.certs_d,
+            ]
+        lines.append("[proxy_plugins]")
         for name, address in proxies.items():
             lines += ["  [proxy_plugins.%s]" % name, '    type = "snapshot"', '    address = "%s"' % address]
         with open(self.config, "w") as f:
@@ -91,6 +114,14 @@ class Containerd:
                 return self
             time.sleep(0.1)
         raise AssertionError("containerd not ready:\n" + read_text(self.log)[-4000:])
+
+    def plain_http(self, host):
+        """Has the CRI plugin reach the registry at host (HOST:PORT) over
+        plain HTTP (containerd's hosts.toml)."""
+        d = os.path.join(self.certs_d, host)
+        os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, "hosts.toml"), "w") as f:
+            f.write('server = "http://%s"\n\n[host."http://%s"]\n  capabilities = ["pull", "resolve"]\n' % (host, host))
 
     def ctr(self, *args, ns="default", check=True, timeout=120, tool=CTR, input=None):
         self.namespaces.add(ns)
