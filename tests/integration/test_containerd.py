@@ -69,6 +69,35 @@ def _image_layers():
     return [l1, l2], expect
 
 
+def push_esgz_image(registry, proxy, cd):
+    """Pushes the image as plain gzip (holdfast/app:gzip), converts it the
+    way a user does (`ctr-remote images convert --estargz --oci`, through
+    cd's own snapshotter, in a namespace the tests do not pull into) and
+    pushes that (holdfast/app:esgz). Returns the two references (through
+    the proxy), what the files hash to, the eStargz layers' count and
+    their bytes."""
+    layers, expect = _image_layers()
+    config = {"architecture": "amd64", "os": "linux",
+              "config": {"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"]},
+              "rootfs": {"type": "layers",
+                         "diff_ids": [registryutil.sha256_digest(gzip.decompress(d)) for d in layers]},
+              "history": [{"created_by": "holdfast tests"} for _ in layers]}
+    registryutil.push_image(registry, "holdfast/app", "gzip", [registryutil.Layer(d) for d in layers],
+                            config=config)
+    gz = "%s/holdfast/app:gzip" % proxy.host
+    esgz = "%s/holdfast/app:esgz" % proxy.host
+    cd.ctr("images", "pull", "--plain-http", gz, ns="convert", timeout=180)
+    cd.ctr("images", "convert", "--estargz", "--oci", gz, esgz, ns="convert", tool=CTR_REMOTE, timeout=300)
+    cd.ctr("images", "push", "--plain-http", esgz, ns="convert", timeout=180)
+    manifest = registryutil.registry_get(registry.url + "/v2/holdfast/app/manifests/esgz", headers={
+        "Accept": "application/vnd.oci.image.manifest.v1+json"}).json()
+    annotated = [l for l in manifest["layers"]
+                 if "containerd.io/snapshot/stargz/toc.digest" in l.get("annotations", {})]
+    assert len(annotated) == len(layers), manifest
+    return {"refs": {"gzip": gz, "esgz": esgz}, "expect": expect, "layers": len(layers),
+            "layer_bytes": sum(l["size"] for l in manifest["layers"])}
+
+
 def _supervisor_mounts(sup):
     _, out, _ = sup.ctl("status", "--json")
     return json.loads(out)["mounts"]
@@ -112,32 +141,11 @@ def node():
     try:
         registry = registryutil.Registry().start()
         proxy = FaultProxy(registry.url).start()
-        layers, expect = _image_layers()
-        config = {"architecture": "amd64", "os": "linux",
-                  "config": {"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"]},
-                  "rootfs": {"type": "layers",
-                             "diff_ids": [registryutil.sha256_digest(gzip.decompress(d))
-                                          for d in layers]},
-                  "history": [{"created_by": "holdfast tests"} for _ in layers]}
-        registryutil.push_image(registry, "holdfast/app", "gzip", [registryutil.Layer(d) for d in layers],
-                                config=config)
         snap_sock = os.path.join(base, "snap.sock")
         sup = su.SupervisorProc(base, ["--snapshotter-socket", snap_sock]).start()
         cd = Containerd(base, {"holdfast": snap_sock}).start()
-        gz = "%s/holdfast/app:gzip" % proxy.host
-        esgz = "%s/holdfast/app:esgz" % proxy.host
-        # The conversion, as a user does it: through containerd's own
-        # snapshotter, in a namespace the tests do not pull into.
-        cd.ctr("images", "pull", "--plain-http", gz, ns="convert", timeout=180)
-        cd.ctr("images", "convert", "--estargz", "--oci", gz, esgz, ns="convert", tool=CTR_REMOTE, timeout=300)
-        cd.ctr("images", "push", "--plain-http", esgz, ns="convert", timeout=180)
-        manifest = registryutil.registry_get(registry.url + "/v2/holdfast/app/manifests/esgz", headers={
-            "Accept": "application/vnd.oci.image.manifest.v1+json"}).json()
-        annotated = [l for l in manifest["layers"]
-                     if "containerd.io/snapshot/stargz/toc.digest" in l.get("annotations", {})]
-        assert len(annotated) == len(layers), manifest
-        layer_bytes = sum(l["size"] for l in manifest["layers"])
-        yield Node(base, registry, proxy, sup, cd, {"gzip": gz, "esgz": esgz}, expect, layer_bytes)
+        img = push_esgz_image(registry, proxy, cd)
+        yield Node(base, registry, proxy, sup, cd, img["refs"], img["expect"], img["layer_bytes"])
     finally:
         if cd:
             cd.stop()

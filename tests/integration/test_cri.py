@@ -21,7 +21,6 @@ them.
 Needs root. Every process started here is stopped by pid, every mount
 under the private directory unmounted, also when the test fails."""
 
-import gzip
 import json
 import os
 import shutil
@@ -37,9 +36,9 @@ sys.path.insert(0, HERE)
 import pbwire  # noqa: E402
 import registryutil  # noqa: E402
 import supervisorutil as su  # noqa: E402
-from containerdutil import CONTAINERD, CTR, CTR_REMOTE, Containerd, read_text, unmount_all  # noqa: E402
+from containerdutil import CONTAINERD, CTR, CTR_REMOTE, Containerd, mounts_under, read_text, unmount_all  # noqa: E402
 from faultproxy import FaultProxy  # noqa: E402
-from test_containerd import _image_layers, _supervisor_mounts  # noqa: E402
+from test_containerd import _supervisor_mounts, push_esgz_image  # noqa: E402
 
 grpc = pytest.importorskip("grpc")
 
@@ -73,39 +72,26 @@ def cri_node():
     try:
         registry = registryutil.Registry().start()
         proxy = FaultProxy(registry.url).start()
-        layers, expect = _image_layers()
-        config = {"architecture": "amd64", "os": "linux",
-                  "config": {"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"]},
-                  "rootfs": {"type": "layers",
-                             "diff_ids": [registryutil.sha256_digest(gzip.decompress(d)) for d in layers]},
-                  "history": [{"created_by": "holdfast tests"} for _ in layers]}
-        registryutil.push_image(registry, "holdfast/app", "gzip", [registryutil.Layer(d) for d in layers],
-                                config=config)
         snap_sock = os.path.join(base, "snap.sock")
         sup = su.SupervisorProc(base, ["--snapshotter-socket", snap_sock]).start()
         cd = Containerd(base, {"holdfast": snap_sock}, cri="holdfast")
         cd.plain_http(proxy.host)
         cd.start()
-        gz = "%s/holdfast/app:gzip" % proxy.host
-        esgz = "%s/holdfast/app:esgz" % proxy.host
-        cd.ctr("images", "pull", "--plain-http", gz, ns="convert", timeout=180)
-        cd.ctr("images", "convert", "--estargz", "--oci", gz, esgz, ns="convert", tool=CTR_REMOTE, timeout=300)
-        cd.ctr("images", "push", "--plain-http", esgz, ns="convert", timeout=180)
-        manifest = registryutil.registry_get(registry.url + "/v2/holdfast/app/manifests/esgz", headers={
-            "Accept": "application/vnd.oci.image.manifest.v1+json"}).json()
-        yield {"base": base, "proxy": proxy, "sup": sup, "cd": cd, "ref": esgz, "expect": expect,
-               "layers": len(manifest["layers"]), "layer_bytes": sum(l["size"] for l in manifest["layers"])}
+        img = push_esgz_image(registry, proxy, cd)
+        yield {"proxy": proxy, "sup": sup, "cd": cd, "ref": img["refs"]["esgz"], "expect": img["expect"],
+               "layers": img["layers"], "layer_bytes": img["layer_bytes"]}
     finally:
         if cd:
             cd.stop()
         if sup:
-            sup.stop()
+            sup.cleanup()
         unmount_all(base)
         if proxy:
             proxy.stop()
         if registry:
             registry.stop()
-        shutil.rmtree(base, ignore_errors=True)
+        if not mounts_under(base):
+            shutil.rmtree(base, ignore_errors=True)
 
 
 def test_cri_pulls_lazily_and_runs(cri_node):
