@@ -124,17 +124,19 @@ int worker_env_open(const char *root, MetaStore **store, LayerEnv **ret) {
         env->hosts_dir = getenv("HOLDFAST_HOSTS_DIR");
         if (getenv("HOLDFAST_NO_PREFETCH"))
                 env->prefetch = false;
+        /* unset or "1": on, no budget; "0": off; else a budget in MB/s */
+        env->background = true;
         const char *bg = getenv("HOLDFAST_BACKGROUND_FETCH");
         if (bg && bg[0]) {
-                /* "1": on, no budget; else a budget in MB/s */
                 char *end;
                 unsigned long long mbps = strtoull(bg, &end, 10);
-                if (*end || end == bg)
-                        log_warn("HOLDFAST_BACKGROUND_FETCH=%s is not a number of MB/s; background fetch stays off", bg);
-                else if (mbps > 0) {
-                        env->background = true;
-                        env->background_bytes_per_s = mbps == 1 ? 0 : mbps * 1000000ull;
-                }
+                if (*end || end == bg || mbps > UINT64_MAX / 1000000)
+                        log_warn("HOLDFAST_BACKGROUND_FETCH=%s is not 0, 1 or a number of MB/s; background fetch stays on",
+                                 bg);
+                else if (mbps == 0)
+                        env->background = false;
+                else if (mbps > 1)
+                        env->background_bytes_per_s = mbps * 1000000ull;
         }
         *ret = env;
         return 0;

@@ -29,8 +29,8 @@ MetaStore *worker_store_close(MetaStore *s);
  * HOLDFAST_CACHE_MAX_BYTES caps the cache (default 20 GiB),
  * HOLDFAST_HOSTS_DIR replaces /etc/containerd/certs.d,
  * HOLDFAST_NO_PREFETCH turns the mount-time prefetch off,
- * HOLDFAST_BACKGROUND_FETCH=1 (no budget) or =MBPS fetches the rest of
- * each new registry layer when the worker is idle. */
+ * HOLDFAST_BACKGROUND_FETCH fetches the rest of each registry layer
+ * in the background: unset or 1 (no budget), MBPS (a budget), 0 (off). */
 int worker_env_open(const char *root, MetaStore **store, LayerEnv **ret);
 LayerEnv *worker_env_close(LayerEnv *env);
 

@@ -174,8 +174,9 @@ def parse_reply(datagram):
 
 
 class SupervisorProc:
-    def __init__(self, base, extra_args=(), worker=None):
+    def __init__(self, base, extra_args=(), worker=None, env=None):
         self.base = base
+        self.env = dict(os.environ, **(env or {}))   # the worker inherits it
         self.root = tempfile.mkdtemp(prefix="root-", dir=base)
         self.log_path = os.path.join(base, "supervisor-%s.log" % os.path.basename(self.root))
         self.worker = worker or worker_path()
@@ -192,7 +193,7 @@ class SupervisorProc:
             # never the node's own /run/holdfast/snapshotter.sock
             cmd += ["--snapshotter-socket", os.path.join(self.root, "snapshotter.sock")]
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=self.env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

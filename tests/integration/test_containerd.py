@@ -142,7 +142,10 @@ def node():
         registry = registryutil.Registry().start()
         proxy = FaultProxy(registry.url).start()
         snap_sock = os.path.join(base, "snap.sock")
-        sup = su.SupervisorProc(base, ["--snapshotter-socket", snap_sock]).start()
+        # what a lazy pull fetches is measured without the background
+        # fetch (on by default), which brings the rest of each layer after
+        sup = su.SupervisorProc(base, ["--snapshotter-socket", snap_sock],
+                                env={"HOLDFAST_BACKGROUND_FETCH": "0"}).start()
         cd = Containerd(base, {"holdfast": snap_sock}).start()
         img = push_esgz_image(registry, proxy, cd)
         yield Node(base, registry, proxy, sup, cd, img["refs"], img["expect"], img["layer_bytes"])

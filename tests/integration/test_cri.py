@@ -73,7 +73,10 @@ def cri_node():
         registry = registryutil.Registry().start()
         proxy = FaultProxy(registry.url).start()
         snap_sock = os.path.join(base, "snap.sock")
-        sup = su.SupervisorProc(base, ["--snapshotter-socket", snap_sock]).start()
+        # what the pull fetches is measured without the background fetch
+        # (on by default), which brings the rest of each layer after
+        sup = su.SupervisorProc(base, ["--snapshotter-socket", snap_sock],
+                                env={"HOLDFAST_BACKGROUND_FETCH": "0"}).start()
         cd = Containerd(base, {"holdfast": snap_sock}, cri="holdfast")
         cd.plain_http(proxy.host)
         cd.start()

@@ -99,11 +99,19 @@ def _range_bytes(stats):
     return total
 
 
-def test_lazy_mount_reads_the_right_bytes_and_fetches_little(sups, layer, image, proxy):  # noqa: F811
+def _reads_only(monkeypatch):
+    """For a test of what reads and the prefetch fetch: the worker runs
+    without the background fetch (on by default), which would fetch the
+    rest of the layer meanwhile."""
+    monkeypatch.setenv("HOLDFAST_BACKGROUND_FETCH", "0")
+
+
+def test_lazy_mount_reads_the_right_bytes_and_fetches_little(sups, layer, image, proxy, monkeypatch):  # noqa: F811
     """Reading one small file fetches the TOC and that file's chunk, not the
     layer; then every file, link and directory is right; a restarted
     worker and a cold page cache fetch nothing again (the index is in the
     store, the chunks in the cache)."""
+    _reads_only(monkeypatch)
     s = sups.start(["--no-standby"])
     proxy.stats(reset=True)
     mp = s.mount(image.ref + "#toc=" + image.toc)
@@ -130,9 +138,10 @@ def test_lazy_mount_reads_the_right_bytes_and_fetches_little(sups, layer, image,
     assert after["requests"].get("range_get", 0) == 0 and after["requests"].get("head", 0) == 0, after["requests"]
 
 
-def test_prefetch_fetches_the_landmarked_files_at_mount(sups, layer, image, proxy):  # noqa: F811
+def test_prefetch_fetches_the_landmarked_files_at_mount(sups, layer, image, proxy, monkeypatch):  # noqa: F811
     """Files before .prefetch.landmark arrive in the cache right after the
     mount, in one large request, and reading them fetches nothing."""
+    _reads_only(monkeypatch)
     s = sups.start(["--no-standby"])
     proxy.stats(reset=True)
     mp = s.mount(image.ref)
@@ -349,9 +358,10 @@ def test_a_file_open_while_it_becomes_cached_opens_again(sups, layer, image, pro
 
 
 def test_background_fetch_brings_the_whole_layer(sups, layer, image, proxy, monkeypatch):  # noqa: F811
-    """HOLDFAST_BACKGROUND_FETCH: after the mount, the whole layer arrives
-    in the cache without a read; reading every file then fetches nothing."""
-    monkeypatch.setenv("HOLDFAST_BACKGROUND_FETCH", "1")
+    """By default (no HOLDFAST_BACKGROUND_FETCH), after the mount the whole
+    layer arrives in the cache without a read; reading every file then
+    fetches nothing."""
+    monkeypatch.delenv("HOLDFAST_BACKGROUND_FETCH", raising=False)
     s = sups.start(["--no-standby"])
     proxy.stats(reset=True)
     mp = s.mount(image.ref)
@@ -359,10 +369,11 @@ def test_background_fetch_brings_the_whole_layer(sups, layer, image, proxy, monk
     while _range_bytes(proxy.stats()) < image.size * 0.9 and time.monotonic() < deadline:
         time.sleep(0.1)
     assert _range_bytes(proxy.stats()) >= image.size * 0.9, proxy.stats()["requests"]
-    time.sleep(0.5)
+    _quiet_ranges(proxy)
     before = proxy.stats()["requests"].get("range_get", 0)
     _check_all(mp, layer)
     assert proxy.stats()["requests"].get("range_get", 0) == before
+    assert _range_bytes(proxy.stats()) <= image.size * 1.05, (_range_bytes(proxy.stats()), image.size)
 
 
 def _convert_tree(src, extra=()):
@@ -414,13 +425,14 @@ def _quiet_ranges(proxy, settle=0.5, timeout=20):
 
 
 @pytest.mark.parametrize("prefetch", [["usr/bin/app"], None], ids=["landmark", "no-landmark"])
-def test_start_files_are_prefetched(sups, proxy, workdir, prefetch):
+def test_start_files_are_prefetched(sups, proxy, workdir, prefetch, monkeypatch):
     """Every container start reads the rootfs' /etc/passwd and /etc/group
     (containerd, runc): they arrive at mount, in a request of their own
     made with the landmark's first (not behind the landmark's files, which
     the container reads later), also in a layer whose converter had no
     prefetch list, and reading them then fetches nothing; the rest of the
     layer is not fetched."""
+    _reads_only(monkeypatch)
     name = "start-" + ("landmark" if prefetch else "none")
     files, info, data = _start_layer(workdir, name, prefetch)
     out = ru.push_image(proxy.url, name, "v1", [ru.Layer(data, diff_id=info["diff_id"])])
@@ -449,10 +461,11 @@ def test_start_files_are_prefetched(sups, proxy, workdir, prefetch):
         assert f.read() == files["usr/share/doc/readme"]
 
 
-def test_prefetch_lets_layer_opens_go_first(sups, image, proxy, workdir):
+def test_prefetch_lets_layer_opens_go_first(sups, image, proxy, workdir, monkeypatch):
     """A layer whose TOC is still coming (its registry stalls) holds back
     another layer's prefetch: a pull waits for each TOC, and the container
     that reads what is prefetched starts after the pull."""
+    _reads_only(monkeypatch)
     files, info, data = _start_layer(workdir, "slow-toc", ["usr/bin/app"])
     out = ru.push_image(proxy.url, "slow", "v1", [ru.Layer(data, diff_id=info["diff_id"])])
     slow_digest = out["layers"][0]["digest"]
@@ -498,10 +511,11 @@ def test_prefetch_lets_layer_opens_go_first(sups, image, proxy, workdir):
         f.read()
 
 
-def test_a_toc_larger_than_the_tail_read_fetches_only_its_start(sups, proxy, workdir):
+def test_a_toc_larger_than_the_tail_read_fetches_only_its_start(sups, proxy, workdir, monkeypatch):
     """A layer whose compressed TOC is larger than the 64 KiB read with the
     footer: the second request asks only for the TOC's bytes before the
     tail, and the layer reads right."""
+    _reads_only(monkeypatch)
     rng = random.Random(5)
     src = os.path.join(workdir, "big-toc")
     names = ["%s-%d" % (rng.randbytes(24).hex(), i) for i in range(3000)]
@@ -523,12 +537,13 @@ def test_a_toc_larger_than_the_tail_read_fetches_only_its_start(sups, proxy, wor
             assert f.read() == n.encode(), n
 
 
-def test_a_reader_walking_the_layer_keeps_the_link_busy(sups, proxy, workdir):
+def test_a_reader_walking_the_layer_keeps_the_link_busy(sups, proxy, workdir, monkeypatch):
     """A reader that reads a layer's files in blob order, as a copy does,
     on a link with 20 ms per request: the next span's request is on the
     wire while the last one's bytes still come (a 20 ms gap and more
     before each span had cost a copy 10% against a full pull), the layer
     is fetched about once, and every byte is right."""
+    _reads_only(monkeypatch)
     rng = random.Random(7)
     src = os.path.join(workdir, "walk")
     files = {}
@@ -558,3 +573,96 @@ def test_a_reader_walking_the_layer_keeps_the_link_busy(sups, proxy, workdir):
     overlapped = sum(1 for a, b in zip(gets, gets[1:]) if b[0] < a[1])
     assert overlapped >= 1, ["%.3f-%.3f" % g for g in gets]
     assert _range_bytes(st) <= len(data) * 1.05, (_range_bytes(st), len(data))
+
+
+def test_a_miss_sweeps_the_small_files_of_its_directory(sups, proxy, workdir, monkeypatch):
+    """A reader that misses a file of a directory has the worker fetch the
+    directory's other small files (an interpreter imports modules from one
+    __pycache__): read after that, they cost no request; the directory's
+    large file (over 128 KiB compressed) and the next directory are left
+    to their readers. Also without the background fetch, and every byte
+    is right."""
+    _reads_only(monkeypatch)
+    rng = random.Random(11)
+    src = os.path.join(workdir, "sweep")
+    files = {"a/big.bin": rng.randbytes(300 * 1024)}
+    for i in range(1, 13):
+        files["a/m%02d" % i] = rng.randbytes(24 * 1024)
+        files["b/n%02d" % i] = rng.randbytes(24 * 1024)
+    for rel, data in files.items():
+        os.makedirs(os.path.dirname(os.path.join(src, rel)), exist_ok=True)
+        with open(os.path.join(src, rel), "wb") as f:
+            f.write(data)
+    info, data = _convert_tree(src)
+    out = ru.push_image(proxy.url, "sweep", "v1", [ru.Layer(data, diff_id=info["diff_id"])])
+    s = sups.start(["--no-standby"])
+    mp = s.mount("%s/sweep@%s#toc=%s" % (proxy.host, out["layers"][0]["digest"], info["toc_digest"]))
+    _quiet_ranges(proxy)
+
+    def read(rel):
+        before = proxy.stats()["requests"].get("range_get", 0)
+        with open(os.path.join(mp, rel), "rb") as f:
+            assert f.read() == files[rel], rel
+        return proxy.stats()["requests"].get("range_get", 0) - before
+
+    # the last file of a/ in the blob: what follows it is b/, so the
+    # rest of a/ can only come from the sweep
+    assert read("a/m12") >= 1
+    _quiet_ranges(proxy)
+    for i in range(1, 12):
+        assert read("a/m%02d" % i) == 0, "a/m%02d was not swept" % i
+    assert read("a/big.bin") >= 1, "a file of 300 KiB was swept"
+    assert read("b/n12") >= 1, "the next directory was swept"
+
+
+def test_background_pieces_go_one_at_a_time_in_turns(sups, proxy, workdir, monkeypatch):
+    """The background fetch of several layers: one request at a time over
+    all of them, each a piece of at most 512 KiB (and a chunk), the
+    layers in turns while more than one has something left, and each
+    layer whole in the end, fetched once."""
+    monkeypatch.delenv("HOLDFAST_BACKGROUND_FETCH", raising=False)
+    layers = []
+    for k in range(3):
+        rng = random.Random(100 + k)
+        src = os.path.join(workdir, "turns%d" % k)
+        files = {"d/f%03d" % i: rng.randbytes(32 * 1024) for i in range(64)}
+        for rel, data in files.items():
+            os.makedirs(os.path.dirname(os.path.join(src, rel)), exist_ok=True)
+            with open(os.path.join(src, rel), "wb") as f:
+                f.write(data)
+        info, data = _convert_tree(src)
+        out = ru.push_image(proxy.url, "turns%d" % k, "v1", [ru.Layer(data, diff_id=info["diff_id"])])
+        layers.append((out["layers"][0]["digest"], info, files, len(data)))
+    s = sups.start(["--no-standby"])
+    proxy.stats(reset=True)
+    mps = []
+    for k, (digest, info, files, size) in enumerate(layers):
+        mps.append(s.mount("%s/turns%d@%s#toc=%s" % (proxy.host, k, digest, info["toc_digest"])))
+    mounted = time.monotonic()
+    _quiet_ranges(proxy, settle=1.0, timeout=60)
+    st = proxy.stats()
+    gets = []
+    for e in st["log"]:
+        if e[0] != "GET" or not e[5] or not e[5].startswith("bytes=") or e[5].startswith("bytes=-"):
+            continue
+        k = [i for i, l in enumerate(layers) if l[0].split(":")[1] in e[1]]
+        lo, hi = (int(x) for x in e[5][6:].split("-"))
+        gets.append((e[3], e[4], k[0], lo, hi))
+    gets.sort()
+    for k, (digest, info, files, size) in enumerate(layers):
+        got = sum(g[4] - g[3] + 1 for g in gets if g[2] == k)
+        assert size * 0.9 <= got <= size * 1.05, (k, got, size)
+    # the TOC reads (the tail, then the rest of a TOC larger than it) are
+    # the layers' opens; the background pieces are the requests after them
+    pieces = [g for g in gets if g[0] >= mounted and g[4] - g[3] + 1 <= 512 * 1024 + 64 * 1024]
+    assert len(pieces) >= 6, gets
+    for a, b in zip(pieces, pieces[1:]):
+        assert b[0] >= a[1] - 0.002, ("two background requests at once", a, b)
+    for i, (a, b) in enumerate(zip(pieces, pieces[1:])):
+        if a[2] == b[2]:
+            others = [g for g in pieces[i + 2:] if g[2] != a[2]]
+            assert not others, ("layer %d went twice while another waited" % a[2], pieces)
+    for mp, (digest, info, files, size) in zip(mps, layers):
+        for rel in list(files)[::7]:
+            with open(os.path.join(mp, rel), "rb") as f:
+                assert f.read() == files[rel], rel

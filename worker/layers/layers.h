@@ -45,6 +45,16 @@ typedef struct LayerEnv {
         pthread_mutex_t opens_lock; /* not lock: that one is held while the client is made */
         unsigned opening;        /* layer opens in flight; protected by opens_lock */
         pthread_cond_t opened;   /* opening went down */
+        /* turns.c: the background fetch goes one piece at a time over
+         * every layer, in turns, and only once no prefetch is in its
+         * landmark's part (the link is the readers' and the landmarks'
+         * first). Protected by turn_lock. */
+        pthread_mutex_t turn_lock;
+        unsigned landmarks;      /* prefetches still in their landmark's part */
+        bool background_busy;    /* a background piece is under way */
+        struct LayerWaiter *turn_head, *turn_tail; /* waiting for their turn, in order */
+        uint64_t walking_until;  /* atomic, CLOCK_MONOTONIC ns: a reader walks a
+                                  * layer, so no background piece before then */
 } LayerEnv;
 
 void layer_env_init(LayerEnv *env, MetaStore **store, Cache *cache);
@@ -61,6 +71,35 @@ int layer_env_fetch_ready(LayerEnv *env, ErrMsg *err);
 void layer_env_open_begin(LayerEnv *env);
 void layer_env_open_end(LayerEnv *env);
 void layer_env_wait_opens(LayerEnv *env, uint64_t deadline_ns, const bool *stop);
+/* A layer's fetch thread (prefetch.c) waiting for its background turn
+ * or for work; woken by layer_env_wake() (turns.c). */
+typedef struct LayerWaiter {
+        pthread_cond_t cond;     /* signalled under env->turn_lock */
+        bool granted;            /* the turn is ours */
+        struct LayerWaiter *next;
+} LayerWaiter;
+
+void layer_waiter_init(LayerWaiter *w);
+void layer_waiter_done(LayerWaiter *w);
+/* A prefetch counts itself while in its landmark's part. */
+void layer_env_landmark_begin(LayerEnv *env);
+void layer_env_landmark_end(LayerEnv *env);
+/* Waits for the background turn: 1 with it (give it back after one
+ * piece), 0 once *stop is set, 2 (without it) once *wake is. Turns go
+ * round the waiting layers in order. */
+int layer_env_background_take(LayerEnv *env, LayerWaiter *w, const bool *stop, const bool *wake);
+void layer_env_background_give(LayerEnv *env);
+/* A reader walks a layer's blob (a copy: it reads all of it, and its
+ * readahead streams it): the background fetch keeps off the link and the
+ * CPUs for WALKING_QUIET_MS. */
+void layer_env_walking(LayerEnv *env);
+/* Waits until *stop or *wake is set: false once *stop is. */
+bool layer_env_sleep(LayerEnv *env, LayerWaiter *w, const bool *stop, const bool *wake);
+/* After setting the *stop or *wake that w's thread waits on. */
+void layer_env_wake(LayerEnv *env, LayerWaiter *w);
+
+#define LAYER_SWEEPS 8
+#define LAYER_SWEPT 64
 
 typedef struct LayerSource {
         Layer *layer;            /* owned */
@@ -86,6 +125,15 @@ typedef struct LayerSource {
         unsigned ra_chain;       /* protected by fetch_lock: spans the readahead
                                   * asked for itself since a reader last did */
         bool from_store;         /* the index came from the store */
+        LayerEnv *env;           /* borrowed; a registry layer's; else NULL */
+        /* sweep.c: a reader's miss in a directory has the layer's fetch
+         * thread fetch the directory's other small files, once per
+         * directory, the latest directory first. Protected by fetch_lock. */
+        struct { uint32_t dir; uint64_t from; } sweeps[LAYER_SWEEPS]; /* to do, latest first */
+        unsigned n_sweeps;
+        uint32_t swept[LAYER_SWEPT]; /* a ring: directories swept or to be */
+        unsigned swept_next;
+        bool sweep_wanted;       /* atomic: n_sweeps > 0 (the fetch thread's wake) */
         uint8_t *tail;           /* owned; the blob's end, only while opening */
         uint64_t tail_off;
         size_t tail_len;
@@ -120,6 +168,13 @@ void layer_source_fetch_async(LayerSource *ls, uint64_t from, uint64_t len);
  * can bring along its neighbours in the blob, and sets up `fetching`, so
  * that threads missing the same chunk fetch it once. */
 int layer_source_sort_chunks(LayerSource *ls);
+
+/* sweep.c. A reader missed a file of directory dir. */
+void layer_sweep_note(LayerSource *ls, uint32_t dir);
+/* The fetch thread's next piece of the latest sweep, into ids (at most
+ * cap chunks, ascending blob offsets): 0 when none is left (and
+ * sweep_wanted is cleared). */
+size_t layer_sweep_piece(LayerSource *ls, uint32_t *ids, size_t cap);
 
 /* remote.c: the registry half of the above. */
 bool layer_source_is_remote(const char *source);

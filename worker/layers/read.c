@@ -434,6 +434,12 @@ ssize_t layer_source_read(LayerSource *ls, ChunkDecoder *d, uint64_t ino, uint64
                 bool walking;
                 uint64_t span;
                 size_t total = add_neighbours(ls, ids, k, ELEMENTSOF(ids), &walking, &span);
+                if (walking && ls->env)
+                        layer_env_walking(ls->env);
+                else if (round == 0)
+                        /* a reader that walks the blob reads the
+                         * directory next anyway */
+                        layer_sweep_note(ls, in->parent);
                 uint64_t nb_from = idx->chunks[ids[own - 1]].blob_end, nb_end = idx->chunks[ids[total - 1]].blob_end;
                 /* the reader waits for its own chunks only (a reader
                  * walking the blob reads the neighbours next: one

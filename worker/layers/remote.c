@@ -27,11 +27,13 @@ void layer_env_init(LayerEnv *env, MetaStore **store, Cache *cache) {
         pthread_mutex_init(&env->lock, NULL);
         pthread_mutex_init(&env->opens_lock, NULL);
         cond_init_monotonic(&env->opened);
+        pthread_mutex_init(&env->turn_lock, NULL);
 }
 
 void layer_env_done(LayerEnv *env) {
         env->fetch = fetch_client_free(env->fetch);
         pthread_cond_destroy(&env->opened);
+        pthread_mutex_destroy(&env->turn_lock);
         pthread_mutex_destroy(&env->opens_lock);
         pthread_mutex_destroy(&env->lock);
 }
@@ -190,6 +192,7 @@ int layer_remote_open(const char *source, LayerEnv *env, bool stored_only, bool 
         if (!ls)
                 return -ENOMEM;
         ls->fd = -EBADF;
+        ls->env = env;
         if (store) {
                 ErrMsg ignored = {};
                 r = layer_record_load(store, key, remote_read_at, ls, 0, &ls->layer, &ignored);
@@ -235,7 +238,7 @@ int layer_remote_open(const char *source, LayerEnv *env, bool stored_only, bool 
         }
         if (ls->cache)
                 (void) layer_source_sort_chunks(ls); /* without: no neighbours fetched along */
-        if (prefetch && (env->prefetch || env->background) && ls->cache)
+        if (prefetch && ls->cache)
                 (void) prefetch_start(ls, env, &ls->prefetch);
         *ret = ls;
         return 0;

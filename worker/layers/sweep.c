@@ -1,0 +1,110 @@
+/* Directory sweeps (layers.h). A program reads a directory's files
+ * together: an interpreter imports modules from one __pycache__, a
+ * program loads shared libraries from one lib directory. When a reader
+ * misses a file, the layer's fetch thread (prefetch.c) fetches the other
+ * small files of its directory, in blob order, in pieces of SWEEP_PIECE,
+ * so that the reader's next files are there or on their way when it asks.
+ * Small files only: what a guess saves is a round trip per file, which is
+ * most of a small file's cost and little of a large one's, whose own
+ * request is mostly its bytes. Each directory is swept once; the latest
+ * directory a reader missed in goes first.
+ *
+ * On the bench's 20 ms, 100 Mbit/s link, 14 stdlib imports of a python
+ * image went from 1708 to 1465 ms with sweeps alone, and to 1310 ms with
+ * the background fetch. With all small files swept (256 KiB) 1321 ms,
+ * 64 KiB 1341 ms; with pieces of 512 KiB 1369 ms, 2 MiB 1400 ms, 4 MiB
+ * 1492 ms (a piece holds the fetch thread from the next directory). */
+#include "worker/layers/layers.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "common/util/macro.h"
+#include "worker/cache/cache.h"
+#include "worker/layers/prefetch.h"
+
+/* Files of more compressed bytes than this are left to their readers. */
+#define SWEEP_FILE_MAX (128u << 10)
+/* One piece of a sweep spans at most this much of the blob. */
+#define SWEEP_PIECE (1u << 20)
+
+void layer_sweep_note(LayerSource *ls, uint32_t dir) {
+        if (!ls->fetching || !ls->prefetch || dir == 0)
+                return;
+        pthread_mutex_lock(&ls->fetch_lock);
+        for (unsigned i = 0; i < LAYER_SWEPT; i++)
+                if (ls->swept[i] == dir) {
+                        pthread_mutex_unlock(&ls->fetch_lock);
+                        return;
+                }
+        ls->swept[ls->swept_next++ % LAYER_SWEPT] = dir;
+        unsigned n = MIN(ls->n_sweeps, (unsigned) LAYER_SWEEPS - 1); /* the oldest makes room */
+        memmove(ls->sweeps + 1, ls->sweeps, n * sizeof(ls->sweeps[0]));
+        ls->sweeps[0].dir = dir;
+        ls->sweeps[0].from = 0;
+        ls->n_sweeps = n + 1;
+        __atomic_store_n(&ls->sweep_wanted, true, __ATOMIC_RELEASE);
+        pthread_mutex_unlock(&ls->fetch_lock);
+        prefetch_wake(ls->prefetch);
+}
+
+static int by_blob_offset(const void *a, const void *b, void *userdata) {
+        const Index *idx = userdata;
+        uint64_t x = idx->chunks[*(const uint32_t *) a].blob_offset, y = idx->chunks[*(const uint32_t *) b].blob_offset;
+        return x < y ? -1 : x > y;
+}
+
+/* The missing chunks of directory dir's small regular files from blob
+ * offset `from` on, into ids (at most cap), by blob offset. */
+static size_t dir_missing(LayerSource *ls, uint32_t dir, uint64_t from, uint32_t *ids, size_t cap) {
+        const Index *idx = ls->layer->index;
+        const IndexInode *d = index_inode(idx, dir);
+        if (!d || !S_ISDIR(d->mode))
+                return 0;
+        size_t n = 0;
+        for (uint32_t e = d->first; e < d->first + d->count && n < cap; e++) {
+                const IndexInode *in = index_inode(idx, idx->dirents[e].ino);
+                /* a hard link's chunks are swept with its first name */
+                if (!in || !S_ISREG(in->mode) || in->parent != dir || in->count == 0 ||
+                    idx->chunks[in->first + in->count - 1].blob_end - idx->chunks[in->first].blob_offset > SWEEP_FILE_MAX)
+                        continue;
+                for (uint32_t c = in->first; c < in->first + in->count && n < cap; c++)
+                        if (idx->chunks[c].blob_offset >= from && !cache_layer_chunk_present(ls->cache, c))
+                                ids[n++] = c;
+        }
+        qsort_r(ids, n, sizeof(*ids), by_blob_offset, (void *) idx);
+        return n;
+}
+
+size_t layer_sweep_piece(LayerSource *ls, uint32_t *ids, size_t cap) {
+        const Index *idx = ls->layer->index;
+        pthread_mutex_lock(&ls->fetch_lock);
+        while (ls->n_sweeps > 0) {
+                uint32_t dir = ls->sweeps[0].dir;
+                uint64_t from = ls->sweeps[0].from;
+                pthread_mutex_unlock(&ls->fetch_lock);
+                size_t n = dir_missing(ls, dir, from, ids, cap), k = 0;
+                while (k < n && idx->chunks[ids[k]].blob_end - idx->chunks[ids[0]].blob_offset <= SWEEP_PIECE)
+                        k++;
+                pthread_mutex_lock(&ls->fetch_lock);
+                /* a reader may have put a newer directory on top meanwhile */
+                unsigned i = 0;
+                while (i < ls->n_sweeps && ls->sweeps[i].dir != dir)
+                        i++;
+                if (i == ls->n_sweeps)
+                        continue; /* pushed out by newer ones */
+                if (k > 0) {
+                        /* one pass: a chunk that could not be kept (a
+                         * full disk) is not fetched again */
+                        ls->sweeps[i].from = idx->chunks[ids[k - 1]].blob_end;
+                        pthread_mutex_unlock(&ls->fetch_lock);
+                        return k;
+                }
+                memmove(ls->sweeps + i, ls->sweeps + i + 1, (ls->n_sweeps - i - 1) * sizeof(ls->sweeps[0]));
+                ls->n_sweeps--;
+        }
+        __atomic_store_n(&ls->sweep_wanted, false, __ATOMIC_RELEASE);
+        pthread_mutex_unlock(&ls->fetch_lock);
+        return 0;
+}
