@@ -434,9 +434,13 @@ ssize_t layer_source_read(LayerSource *ls, ChunkDecoder *d, uint64_t ino, uint64
                 bool walking;
                 uint64_t span;
                 size_t total = add_neighbours(ls, ids, k, ELEMENTSOF(ids), &walking, &span);
-                if (walking && ls->env)
+                if ((walking || span >= NEIGHBOURS_NEAR_SPAN) && ls->env)
+                        /* a reader walking the blob, or whose misses
+                         * keep landing near each other (a copy of a
+                         * tree, in readdir order): the background keeps
+                         * off its way */
                         layer_env_walking(ls->env);
-                else if (round == 0)
+                if (!walking && round == 0)
                         /* a reader that walks the blob reads the
                          * directory next anyway */
                         layer_sweep_note(ls, in->parent);

@@ -16,6 +16,7 @@
  * 1492 ms (a piece holds the fetch thread from the next directory). */
 #include "worker/layers/layers.h"
 
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -26,6 +27,10 @@
 
 /* Files of more compressed bytes than this are left to their readers. */
 #define SWEEP_FILE_MAX (128u << 10)
+/* A directory whose small files lie in more runs than this, apart by
+ * more than SWEEP_GAP, is not swept. */
+#define SWEEP_MAX_RUNS 4
+#define SWEEP_GAP (64u << 10)
 /* One piece of a sweep spans at most this much of the blob. */
 #define SWEEP_PIECE (1u << 20)
 
@@ -55,9 +60,10 @@ static int by_blob_offset(const void *a, const void *b, void *userdata) {
         return x < y ? -1 : x > y;
 }
 
-/* The missing chunks of directory dir's small regular files from blob
- * offset `from` on, into ids (at most cap), by blob offset. */
-static size_t dir_missing(LayerSource *ls, uint32_t dir, uint64_t from, uint32_t *ids, size_t cap) {
+/* The chunks of directory dir's regular files (of those of at most
+ * max_file compressed bytes) from blob offset `from` on, into ids (at
+ * most cap), by blob offset. */
+static size_t dir_chunks(LayerSource *ls, uint32_t dir, uint64_t max_file, uint64_t from, uint32_t *ids, size_t cap) {
         const Index *idx = ls->layer->index;
         const IndexInode *d = index_inode(idx, dir);
         if (!d || !S_ISDIR(d->mode))
@@ -67,14 +73,38 @@ static size_t dir_missing(LayerSource *ls, uint32_t dir, uint64_t from, uint32_t
                 const IndexInode *in = index_inode(idx, idx->dirents[e].ino);
                 /* a hard link's chunks are swept with its first name */
                 if (!in || !S_ISREG(in->mode) || in->parent != dir || in->count == 0 ||
-                    idx->chunks[in->first + in->count - 1].blob_end - idx->chunks[in->first].blob_offset > SWEEP_FILE_MAX)
+                    idx->chunks[in->first + in->count - 1].blob_end - idx->chunks[in->first].blob_offset > max_file)
                         continue;
                 for (uint32_t c = in->first; c < in->first + in->count && n < cap; c++)
-                        if (idx->chunks[c].blob_offset >= from && !cache_layer_chunk_present(ls->cache, c))
+                        if (idx->chunks[c].blob_offset >= from)
                                 ids[n++] = c;
         }
         qsort_r(ids, n, sizeof(*ids), by_blob_offset, (void *) idx);
         return n;
+}
+
+/* The missing chunks of directory dir's small regular files from blob
+ * offset `from` on, into ids (at most cap), by blob offset; none when
+ * the directory's files lie in more than SWEEP_MAX_RUNS runs with more
+ * than SWEEP_GAP of other directories' bytes between two: the top
+ * directory of a package tree, whose files lie between its
+ * subdirectories' in the blob, would cost a request per run, and a
+ * reader that copies the tree (every file in readdir order) found its
+ * own requests cut short by what such a sweep had fetched between them:
+ * three times as many requests, 5-10% longer. */
+static size_t dir_missing(LayerSource *ls, uint32_t dir, uint64_t from, uint32_t *ids, size_t cap) {
+        const Index *idx = ls->layer->index;
+        size_t n = dir_chunks(ls, dir, UINT64_MAX, from, ids, cap);
+        unsigned runs = n > 0;
+        for (size_t i = 1; i < n; i++)
+                if (idx->chunks[ids[i]].blob_offset - idx->chunks[ids[i - 1]].blob_end > SWEEP_GAP && ++runs > SWEEP_MAX_RUNS)
+                        return 0;
+        n = dir_chunks(ls, dir, SWEEP_FILE_MAX, from, ids, cap);
+        size_t k = 0;
+        for (size_t i = 0; i < n; i++)
+                if (!cache_layer_chunk_present(ls->cache, ids[i]))
+                        ids[k++] = ids[i];
+        return k;
 }
 
 size_t layer_sweep_piece(LayerSource *ls, uint32_t *ids, size_t cap) {
