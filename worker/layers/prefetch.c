@@ -152,17 +152,31 @@ static void *prefetch_main(void *userdata) {
         bool go = chunk_decoder_new(&d) >= 0 && landmark_fetch(p, d);
         if (p->n > 0)
                 layer_env_landmark_end(p->env);
+        /* from here on a piece at a time: the landmark's list is done */
+        if (p->cap > PIECE_CHUNKS) {
+                uint32_t *ids = realloc(p->ids, PIECE_CHUNKS * sizeof(*ids));
+                if (ids) {
+                        p->ids = ids;
+                        p->cap = PIECE_CHUNKS;
+                }
+        }
         /* the rest is guesswork: only when no one else wants the CPU */
         struct sched_param sp = {};
         (void) pthread_setschedparam(pthread_self(), SCHED_IDLE, &sp);
         uint64_t start = now_ns(), sent = 0, next_at = 0; /* next_at: within the budget */
         while (go && !stopped(p)) {
+                /* a decoder holds a chunk's worth of memory (4 MiB by
+                 * default): none while this thread waits, which it does
+                 * for most of a mounted layer's life */
+                if (!d && chunk_decoder_new(&d) < 0)
+                        break; /* out of memory: reads will fetch what they need */
                 ErrMsg err = {};
                 size_t n = layer_sweep_piece(ls, p->ids, MIN(p->cap, (size_t) PIECE_CHUNKS));
                 if (n > 0) {
                         (void) layer_fetch_chunks(ls, d, p->ids, n, &err); /* a guess: reads will tell */
                         continue;
                 }
+                d = chunk_decoder_free(d);
                 if (!p->background) {
                         go = layer_env_sleep(p->env, &p->waiter, &p->stop, &ls->sweep_wanted);
                         continue;
@@ -178,7 +192,7 @@ static void *prefetch_main(void *userdata) {
                         continue;
                 }
                 n = background_piece(p);
-                int r = n > 0 ? layer_fetch_chunks(ls, d, p->ids, n, &err) : 0;
+                int r = n > 0 && chunk_decoder_new(&d) >= 0 ? layer_fetch_chunks(ls, d, p->ids, n, &err) : -ENOMEM;
                 layer_env_background_give(p->env);
                 if (n == 0 || r < 0) {
                         p->background = false; /* whole, or the registry is unwell: reads will tell */
