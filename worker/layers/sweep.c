@@ -10,10 +10,12 @@
  * directory a reader missed in goes first.
  *
  * On the bench's 20 ms, 100 Mbit/s link, 14 stdlib imports of a python
- * image went from 1708 to 1465 ms with sweeps alone, and to 1310 ms with
- * the background fetch. With all small files swept (256 KiB) 1321 ms,
- * 64 KiB 1341 ms; with pieces of 512 KiB 1369 ms, 2 MiB 1400 ms, 4 MiB
- * 1492 ms (a piece holds the fetch thread from the next directory). */
+ * image went from 1708 to about 1480 ms with sweeps alone, and to
+ * 1346-1394 ms (medians of 9) with the background fetch. Against 128 KiB
+ * (1308-1310 ms in one series), sweeping files up to 256 KiB took 1321
+ * ms, up to 64 KiB 1341 ms; against pieces of 1 MiB (1346 ms), 512 KiB
+ * took 1369 ms, 2 MiB 1400 ms, 4 MiB 1492 ms (a piece holds the fetch
+ * thread from the next directory). */
 #include "worker/layers/layers.h"
 
 #include <stdint.h>
