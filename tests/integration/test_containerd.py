@@ -18,6 +18,7 @@ go with the snapshots).
 Needs root. Every process started here is stopped by pid, every mount
 under the private directory unmounted, also when a test fails."""
 
+import contextlib
 import gzip
 import hashlib
 import json
@@ -120,7 +121,7 @@ class Node:
         return p.stdout.decode(errors="replace")
 
     def lazy_mounts(self):
-        return [m for m in _supervisor_mounts(self.sup) if "/snapshotter/snapshots/" in m["mountpoint"]]
+        return lazy_mounts(self.sup)
 
     def restart_containerd(self):
         """Stops containerd (by pid; the containers' shims live on) and
@@ -130,25 +131,35 @@ class Node:
         self.cd.start()
 
 
-@pytest.fixture(scope="module")
-def node():
-    for tool in (CONTAINERD, CTR, CTR_REMOTE, BUSYBOX, "/usr/sbin/runc", su.supervisor_path(), su.worker_path()):
+@contextlib.contextmanager
+def holdfast_node(prefix, tools, cri=None):
+    """A node: docker-registry behind the fault proxy, holdfast-supervisor
+    (its worker) with the snapshotter socket, containerd with holdfast as
+    its proxy snapshotter (and, with cri, the CRI plugin on with holdfast
+    as its snapshotter and the registry in hosts.toml), the test image
+    pushed. Yields (base, registry, proxy, sup, cd, push_esgz_image's
+    dict). What a lazy pull fetches is measured without the background
+    fetch (on by default), which brings the rest of each layer after. All
+    stopped by pid and unmounted, also on failure; the directory is kept
+    while anything is still mounted under it."""
+    for tool in tuple(tools) + (CONTAINERD, CTR, CTR_REMOTE, "/usr/sbin/runc", su.supervisor_path(),
+                                su.worker_path()):
         if not os.access(tool, os.X_OK):
             pytest.fail("%s missing (packaging/install-deps installs it; meson builds ours)" % tool)
     # Short: unix socket paths are at most 107 bytes.
-    base = tempfile.mkdtemp(prefix="hf-node-", dir="/tmp")
+    base = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
     registry = proxy = sup = cd = None
     try:
         registry = registryutil.Registry().start()
         proxy = FaultProxy(registry.url).start()
         snap_sock = os.path.join(base, "snap.sock")
-        # what a lazy pull fetches is measured without the background
-        # fetch (on by default), which brings the rest of each layer after
         sup = su.SupervisorProc(base, ["--snapshotter-socket", snap_sock],
                                 env={"HOLDFAST_BACKGROUND_FETCH": "0"}).start()
-        cd = Containerd(base, {"holdfast": snap_sock}).start()
-        img = push_esgz_image(registry, proxy, cd)
-        yield Node(base, registry, proxy, sup, cd, img["refs"], img["expect"], img["layer_bytes"])
+        cd = Containerd(base, {"holdfast": snap_sock}, cri=cri)
+        if cri:
+            cd.plain_http(proxy.host)
+        cd.start()
+        yield base, registry, proxy, sup, cd, push_esgz_image(registry, proxy, cd)
     finally:
         if cd:
             cd.stop()
@@ -161,6 +172,17 @@ def node():
             registry.stop()
         if not mounts_under(base):
             shutil.rmtree(base, ignore_errors=True)
+
+
+def lazy_mounts(sup):
+    """The supervisor's mounts that are containerd's remote snapshots."""
+    return [m for m in _supervisor_mounts(sup) if "/snapshotter/snapshots/" in m["mountpoint"]]
+
+
+@pytest.fixture(scope="module")
+def node():
+    with holdfast_node("hf-node-", [BUSYBOX]) as (base, registry, proxy, sup, cd, img):
+        yield Node(base, registry, proxy, sup, cd, img["refs"], img["expect"], img["layer_bytes"])
 
 
 def test_rpull_is_lazy_and_runs(node):

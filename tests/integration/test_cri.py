@@ -23,9 +23,7 @@ under the private directory unmounted, also when the test fails."""
 
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 
 import pytest
@@ -34,11 +32,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import pbwire  # noqa: E402
-import registryutil  # noqa: E402
-import supervisorutil as su  # noqa: E402
-from containerdutil import CONTAINERD, CTR, CTR_REMOTE, Containerd, mounts_under, read_text, unmount_all  # noqa: E402
-from faultproxy import FaultProxy  # noqa: E402
-from test_containerd import _supervisor_mounts, push_esgz_image  # noqa: E402
+from containerdutil import read_text  # noqa: E402
+from test_containerd import holdfast_node, lazy_mounts  # noqa: E402
 
 grpc = pytest.importorskip("grpc")
 
@@ -58,43 +53,11 @@ def image_spec(ref):
     return pbwire.encode([(1, ref)])
 
 
-def lazy_mounts(sup):
-    return [m for m in _supervisor_mounts(sup) if "/snapshotter/snapshots/" in m["mountpoint"]]
-
-
 @pytest.fixture(scope="module")
 def cri_node():
-    for tool in (CONTAINERD, CTR, CTR_REMOTE, "/usr/sbin/runc", su.supervisor_path(), su.worker_path()):
-        if not os.access(tool, os.X_OK):
-            pytest.fail("%s missing (packaging/install-deps installs it; meson builds ours)" % tool)
-    base = tempfile.mkdtemp(prefix="hf-cri-", dir="/tmp")
-    registry = proxy = sup = cd = None
-    try:
-        registry = registryutil.Registry().start()
-        proxy = FaultProxy(registry.url).start()
-        snap_sock = os.path.join(base, "snap.sock")
-        # what the pull fetches is measured without the background fetch
-        # (on by default), which brings the rest of each layer after
-        sup = su.SupervisorProc(base, ["--snapshotter-socket", snap_sock],
-                                env={"HOLDFAST_BACKGROUND_FETCH": "0"}).start()
-        cd = Containerd(base, {"holdfast": snap_sock}, cri="holdfast")
-        cd.plain_http(proxy.host)
-        cd.start()
-        img = push_esgz_image(registry, proxy, cd)
+    with holdfast_node("hf-cri-", [], cri="holdfast") as (base, registry, proxy, sup, cd, img):
         yield {"proxy": proxy, "sup": sup, "cd": cd, "ref": img["refs"]["esgz"], "expect": img["expect"],
                "layers": img["layers"], "layer_bytes": img["layer_bytes"]}
-    finally:
-        if cd:
-            cd.stop()
-        if sup:
-            sup.cleanup()
-        unmount_all(base)
-        if proxy:
-            proxy.stop()
-        if registry:
-            registry.stop()
-        if not mounts_under(base):
-            shutil.rmtree(base, ignore_errors=True)
 
 
 def test_cri_pulls_lazily_and_runs(cri_node):

@@ -168,6 +168,8 @@ void layer_source_fetch_async(LayerSource *ls, uint64_t from, uint64_t len);
  * can bring along its neighbours in the blob, and sets up `fetching`, so
  * that threads missing the same chunk fetch it once. */
 int layer_source_sort_chunks(LayerSource *ls);
+/* Sorts chunk ids[0..n) of idx by blob offset. */
+void layer_chunks_sort(const Index *idx, uint32_t *ids, size_t n);
 
 /* sweep.c. A reader missed a file of directory dir. */
 void layer_sweep_note(LayerSource *ls, uint32_t dir);

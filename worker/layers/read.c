@@ -194,6 +194,10 @@ static int by_blob_offset(const void *a, const void *b, void *userdata) {
         return x < y ? -1 : x > y;
 }
 
+void layer_chunks_sort(const Index *idx, uint32_t *ids, size_t n) {
+        qsort_r(ids, n, sizeof(*ids), by_blob_offset, (void *) idx);
+}
+
 int layer_source_sort_chunks(LayerSource *ls) {
         const Index *idx = ls->layer->index;
         if (idx->n_chunks == 0 || idx->n_chunks > UINT32_MAX)
@@ -207,7 +211,7 @@ int layer_source_sort_chunks(LayerSource *ls) {
         }
         for (size_t i = 0; i < idx->n_chunks; i++)
                 ls->blob_order[i] = (uint32_t) i;
-        qsort_r(ls->blob_order, idx->n_chunks, sizeof(uint32_t), by_blob_offset, (void *) idx);
+        layer_chunks_sort(idx, ls->blob_order, idx->n_chunks);
         for (size_t p = 0; p < idx->n_chunks; p++)
                 ls->blob_pos[ls->blob_order[p]] = (uint32_t) p;
         ls->fetching = calloc(idx->n_chunks, 1);

@@ -19,7 +19,6 @@
 #include "worker/layers/layers.h"
 
 #include <stdint.h>
-#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
@@ -56,12 +55,6 @@ void layer_sweep_note(LayerSource *ls, uint32_t dir) {
         prefetch_wake(ls->prefetch);
 }
 
-static int by_blob_offset(const void *a, const void *b, void *userdata) {
-        const Index *idx = userdata;
-        uint64_t x = idx->chunks[*(const uint32_t *) a].blob_offset, y = idx->chunks[*(const uint32_t *) b].blob_offset;
-        return x < y ? -1 : x > y;
-}
-
 /* The chunks of directory dir's regular files (of those of at most
  * max_file compressed bytes) from blob offset `from` on, into ids (at
  * most cap), by blob offset. */
@@ -81,7 +74,7 @@ static size_t dir_chunks(LayerSource *ls, uint32_t dir, uint64_t max_file, uint6
                         if (idx->chunks[c].blob_offset >= from)
                                 ids[n++] = c;
         }
-        qsort_r(ids, n, sizeof(*ids), by_blob_offset, (void *) idx);
+        layer_chunks_sort(idx, ids, n);
         return n;
 }
 
